@@ -1,0 +1,65 @@
+"""Defaults shared by the 2-D toy configs: an MLP score model trained on CPU in about a minute."""
+import ml_collections
+
+
+def get_default_configs():
+  config = ml_collections.ConfigDict()
+  config.seed = 42
+
+  config.training = training = ml_collections.ConfigDict()
+  training.sde = 'vpsde'
+  training.continuous = True
+  training.reduce_mean = True
+  training.likelihood_weighting = False
+  training.batch_size = 512
+  training.n_iters = 10000
+  training.n_jitted_steps = 100
+  training.log_freq = 500
+  training.eval_freq = 1000
+  training.snapshot_freq = 5000
+  training.snapshot_sampling = True
+
+  config.sampling = sampling = ml_collections.ConfigDict()
+  sampling.method = 'pc'
+  sampling.predictor = 'reverse_diffusion'
+  sampling.corrector = 'none'
+  sampling.snr = 0.16
+  sampling.n_steps_each = 1
+  sampling.step_size_rule = 'batch'  # see LangevinCorrector: per-sample is biased in 2-D
+  sampling.probability_flow = False
+  sampling.noise_removal = True
+  sampling.eps = 1e-3
+
+  config.eval = evaluate = ml_collections.ConfigDict()
+  evaluate.batch_size = 10000
+  evaluate.num_samples = 10000
+
+  config.data = data = ml_collections.ConfigDict()
+  data.dataset = 'checkerboard'
+  data.centered = False
+
+  config.model = model = ml_collections.ConfigDict()
+  model.name = 'mlp'
+  model.nf = 128
+  model.num_layers = 4
+  model.embedding_type = 'positional'
+  model.fourier_scale = 16.0
+  model.nonlinearity = 'swish'
+  model.dropout = 0.0
+  model.scale_by_sigma = False
+  model.ema_rate = 0.999
+  model.num_scales = 1000
+  model.beta_min = 0.1
+  model.beta_max = 20.0
+  model.sigma_min = 0.01
+  model.sigma_max = 10.0
+
+  config.optim = optim = ml_collections.ConfigDict()
+  optim.optimizer = 'Adam'
+  optim.lr = 3e-3
+  optim.beta1 = 0.9
+  optim.eps = 1e-8
+  optim.weight_decay = 0.0
+  optim.warmup = 500
+  optim.grad_clip = 1.0
+  return config

@@ -1,0 +1,9 @@
+"""sub-VP SDE (continuous DSM) on the checkerboard with an MLP."""
+from configs.default_toy_configs import get_default_configs
+
+
+def get_config():
+  config = get_default_configs()
+  config.training.sde = 'subvpsde'
+  config.model.embedding_type = 'positional'
+  return config

@@ -1,0 +1,175 @@
+"""Score-matching losses, the optimizer, and the train / eval step factories.
+
+Losses are per-batch means of a per-sample loss; `reduce_mean` averages the squared error over data
+dimensions, otherwise it is summed and halved (the official convention).
+"""
+from typing import Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from score_sde import config_checks
+from score_sde import models as models_lib
+from score_sde import sde as sde_lib
+
+
+def _reduce(per_dim: jax.Array, reduce_mean: bool) -> jax.Array:
+  """(B, ...) squared errors -> (B,): mean over dimensions, or half the sum."""
+  flat = per_dim.reshape(per_dim.shape[0], -1)
+  return jnp.mean(flat, axis=-1) if reduce_mean else 0.5 * jnp.sum(flat, axis=-1)
+
+
+def continuous_dsm_loss(key, x0, score_fn, sde: sde_lib.SDE, *, reduce_mean: bool,
+                        likelihood_weighting: bool, eps: float = 1e-5) -> jax.Array:
+  """Denoising score matching over t ~ U(eps, T) (paper, Eq. 7).
+
+  x(t) = mean(x0, t) + std(t) z. Default weighting lambda(t) = std(t)^2 gives the loss
+  |std s(x(t), t) + z|^2; likelihood weighting lambda(t) = g(t)^2 (Song et al. 2021b) gives
+  g(t)^2 |s(x(t), t) + z / std|^2. `score_fn(x, t, rng)` takes an rng for dropout.
+  Returns the scalar batch mean.
+  """
+  t_key, z_key, dropout_key = jax.random.split(key, 3)
+  t = jax.random.uniform(t_key, (x0.shape[0],), minval=eps, maxval=sde.T)
+  z = jax.random.normal(z_key, x0.shape)
+  mean, std = sde.marginal_prob(x0, t)
+  score = score_fn(mean + sde_lib.expand_to(std, x0) * z, t, dropout_key)
+  if likelihood_weighting:
+    g2 = sde.sde(jnp.zeros_like(x0), t)[1] ** 2
+    losses = _reduce(jnp.square(score + z / sde_lib.expand_to(std, x0)), reduce_mean) * g2
+  else:
+    losses = _reduce(jnp.square(score * sde_lib.expand_to(std, x0) + z), reduce_mean)
+  return jnp.mean(losses)
+
+
+def smld_loss(key, x0, model_fn, vesde: sde_lib.VESDE, *, reduce_mean: bool) -> jax.Array:
+  """NCSN's loss (Song & Ermon 2019): a noise level chosen uniformly among the N discrete sigmas,
+  weighted by sigma^2. The model gets label j indexing the sigmas in descending order."""
+  label_key, z_key, dropout_key = jax.random.split(key, 3)
+  labels = jax.random.randint(label_key, (x0.shape[0],), 0, vesde.N)
+  sigmas = jnp.asarray(vesde.discrete_sigmas[::-1], jnp.float32)[labels]
+  noise = sde_lib.expand_to(sigmas, x0) * jax.random.normal(z_key, x0.shape)
+  score = model_fn(x0 + noise, labels, dropout_key)
+  target = -noise / sde_lib.expand_to(sigmas**2, x0)
+  return jnp.mean(_reduce(jnp.square(score - target), reduce_mean) * sigmas**2)
+
+
+def ddpm_loss(key, x0, model_fn, vpsde: sde_lib.VPSDE, *, reduce_mean: bool) -> jax.Array:
+  """DDPM's simplified loss (Ho et al. 2020, Eq. 14): predict the noise at a uniform step i."""
+  label_key, z_key, dropout_key = jax.random.split(key, 3)
+  labels = jax.random.randint(label_key, (x0.shape[0],), 0, vpsde.N)
+  noise = jax.random.normal(z_key, x0.shape)
+  signal = jnp.asarray(vpsde.sqrt_alphas_cumprod, jnp.float32)[labels]
+  noise_scale = jnp.asarray(vpsde.sqrt_1m_alphas_cumprod, jnp.float32)[labels]
+  perturbed = sde_lib.expand_to(signal, x0) * x0 + sde_lib.expand_to(noise_scale, x0) * noise
+  prediction = model_fn(perturbed, labels, dropout_key)
+  return jnp.mean(_reduce(jnp.square(prediction - noise), reduce_mean))
+
+
+def get_loss_fn(config, sde: sde_lib.SDE, model, train: bool) -> Callable:
+  """loss_fn(params, key, x0) -> scalar loss, as selected by config.training.
+
+  Raises ValueError, before anything is compiled, for combinations with no loss: discrete
+  training of subVP, or likelihood weighting with discrete training.
+  """
+  reduce_mean = bool(config_checks.get(config, 'training.reduce_mean'))
+  continuous = bool(config_checks.get(config, 'training.continuous'))
+  likelihood_weighting = bool(config_checks.get(config, 'training.likelihood_weighting'))
+  if not continuous and likelihood_weighting:
+    raise ValueError('Config field training.likelihood_weighting = True needs '
+                     'training.continuous = True; discrete SMLD/DDPM losses have no weighting.')
+  if not continuous and not isinstance(sde, (sde_lib.VESDE, sde_lib.VPSDE)):
+    raise ValueError(f'Config field training.continuous = False is only supported for '
+                     f"training.sde in ['vesde', 'vpsde'], not {type(sde).__name__}.")
+
+  def loss_fn(params, key, x0):
+    variables = {'params': params}
+    if continuous:
+      score_fn = models_lib.get_score_fn(sde, model, variables, train=train, continuous=True)
+      return continuous_dsm_loss(key, x0, score_fn, sde, reduce_mean=reduce_mean,
+                                 likelihood_weighting=likelihood_weighting)
+    model_fn = models_lib.get_model_fn(model, variables, train=train)
+    discrete_loss = smld_loss if isinstance(sde, sde_lib.VESDE) else ddpm_loss
+    return discrete_loss(key, x0, model_fn, sde, reduce_mean=reduce_mean)
+
+  return loss_fn
+
+
+def get_optimizer(config) -> optax.GradientTransformation:
+  """Adam with decoupled weight decay, linear warm-up and global-norm clipping (config.optim).
+
+  The k-th update (k = 1, 2, ...) uses learning rate lr * min(k / warmup, 1) (no warm-up if
+  warmup <= 0); gradients are rescaled to global norm at most grad_clip (no clipping if < 0).
+  """
+  config_checks.choice(config, 'optim.optimizer', ('Adam',))
+  lr = config_checks.positive_float(config, 'optim.lr')
+  warmup = config_checks.get(config, 'optim.warmup')
+  grad_clip = config_checks.get(config, 'optim.grad_clip')
+
+  def schedule(count):
+    return lr * jnp.minimum((count + 1) / warmup, 1.0) if warmup > 0 else lr
+
+  adam = optax.adamw(schedule, b1=config_checks.unit_interval(config, 'optim.beta1'), b2=0.999,
+                     eps=config_checks.positive_float(config, 'optim.eps'),
+                     weight_decay=config_checks.get(config, 'optim.weight_decay'))
+  return optax.chain(optax.clip_by_global_norm(grad_clip), adam) if grad_clip >= 0 else adam
+
+
+class TrainState(flax.struct.PyTreeNode):
+  """Everything a training run carries between steps (and checkpoints).
+
+  step: number of updates done (int32 scalar). rng: base key; step k uses fold_in(rng, k).
+  """
+
+  step: jax.Array
+  params: dict
+  params_ema: dict
+  opt_state: optax.OptState
+  rng: jax.Array
+
+
+def init_train_state(key, params, optimizer: optax.GradientTransformation) -> TrainState:
+  # The EMA starts as a copy: a separate buffer, so the state can be donated to the train step.
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    params_ema=jax.tree.map(jnp.copy, params),
+                    opt_state=optimizer.init(params), rng=key)
+
+
+def ema_update(params_ema, params, rate: float):
+  """Exponential moving average: rate * ema + (1 - rate) * params, leaf by leaf."""
+  return jax.tree.map(lambda e, p: rate * e + (1.0 - rate) * p, params_ema, params)
+
+
+def get_train_step(config, sde, model, optimizer) -> Callable:
+  """train_steps(state, x0s) -> (state, losses) running len(x0s) updates in one lax.scan.
+
+  x0s has shape (n_steps, B, ...) (n_steps = config.training.n_jitted_steps in the driver);
+  losses has shape (n_steps,). Jit it once per n_steps.
+  """
+  loss_fn = get_loss_fn(config, sde, model, train=True)
+  ema_rate = config_checks.unit_interval(config, 'model.ema_rate')
+
+  def one_step(state: TrainState, x0):
+    key = jax.random.fold_in(state.rng, state.step)
+    loss, grads = jax.value_and_grad(loss_fn)(state.params, key, x0)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                              params_ema=ema_update(state.params_ema, params, ema_rate))
+    return new_state, loss
+
+  def train_steps(state, x0s):
+    return jax.lax.scan(one_step, state, x0s)
+
+  return train_steps
+
+
+def get_eval_step(config, sde, model) -> Callable:
+  """eval_step(state, key, x0) -> scalar loss of the EMA parameters (no dropout)."""
+  loss_fn = get_loss_fn(config, sde, model, train=False)
+
+  def eval_step(state: TrainState, key, x0):
+    return loss_fn(state.params_ema, key, x0)
+
+  return eval_step

@@ -1,0 +1,52 @@
+"""Command-line entry point (console script `score-sde`).
+
+  score-sde --config configs/toy/vp.py --workdir runs/vp --mode train
+  score-sde --config configs/toy/vp.py --workdir runs/vp --mode eval --eval_folder eval
+  score-sde --config configs/toy/vp.py --config.training.batch_size=64 ...   (field overrides)
+
+Without --config the embedded default configs/toy/vp.py is used.
+"""
+import os
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+import configs
+
+DEFAULT_CONFIG = os.path.join(os.path.dirname(configs.__file__), 'toy', 'vp.py')
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file('config', DEFAULT_CONFIG, 'Experiment config file.',
+                                lock_config=True)
+flags.DEFINE_string('workdir', None, 'Run directory: checkpoints, metrics, samples.')
+flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'sample'], 'What to run.')
+flags.DEFINE_string('eval_folder', 'eval', 'Sub-directory of workdir for eval/sample outputs.')
+flags.mark_flags_as_required(['workdir'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if not FLAGS['verbosity'].present:  # orbax logs every save at INFO
+    logging.set_verbosity(logging.WARNING)
+  # Imported here so that --help answers without loading JAX.
+  from score_sde import evaluate, train
+
+  config, workdir = FLAGS.config, FLAGS.workdir
+  if FLAGS.mode == 'train':
+    train.train(config, workdir)
+    print(f'Training finished. Checkpoints: {os.path.join(workdir, "checkpoints")}; '
+          f'metrics: {os.path.join(workdir, "metrics.jsonl")}; '
+          f'snapshot samples: {os.path.join(workdir, "samples")}')
+  elif FLAGS.mode == 'eval':
+    evaluate.evaluate(config, workdir, FLAGS.eval_folder)
+  else:
+    evaluate.sample(config, workdir, FLAGS.eval_folder)
+
+
+def run():
+  app.run(main)
+
+
+if __name__ == '__main__':
+  run()

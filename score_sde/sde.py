@@ -1,0 +1,302 @@
+"""Forward SDEs of Song et al. (2021), their discretizations and their reverse-time processes.
+
+Every SDE here has the form dx = f(x, t) dt + g(t) dw on t in [0, T] (paper, Eq. 5). Methods are
+pure jnp functions of a batch: `x` has shape (B, ...) and `t` has shape (B,). Per-sample scalars
+(diffusion, std, step sizes) are returned with shape (B,) and broadcast with `expand_to`.
+
+Discrete grids: an SDE with N steps has noise levels indexed i = 0..N-1, with i = 0 the smallest
+noise; a time t maps to index floor(t (N - 1) / T) (`timestep_index`), the mapping the official
+implementation uses for its discretizations and for discretely trained models.
+"""
+import abc
+import dataclasses
+import functools
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from score_sde import config_checks
+
+ScoreFn = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+def expand_to(v: jax.Array, x: jax.Array) -> jax.Array:
+  """Reshapes per-sample values `v` of shape (B,) to (B, 1, ..., 1) so they broadcast with x."""
+  return jnp.reshape(v, jnp.shape(v) + (1,) * (x.ndim - jnp.ndim(v)))
+
+
+def _standard_normal_logp(z: jax.Array, scale: float) -> jax.Array:
+  """log N(z; 0, scale^2 I) summed over all but the batch axis; returns shape (B,)."""
+  dim = np.prod(z.shape[1:])
+  sq_norm = jnp.sum(jnp.square(z).reshape(z.shape[0], -1), axis=-1)
+  return -0.5 * dim * np.log(2 * np.pi * scale**2) - sq_norm / (2 * scale**2)
+
+
+@dataclasses.dataclass(frozen=True)
+class SDE(abc.ABC):
+  """Base class. `N` is the number of discretization steps; the time horizon is `T` = 1."""
+
+  N: int
+
+  @property
+  def T(self) -> float:
+    return 1.0
+
+  @abc.abstractmethod
+  def sde(self, x, t):
+    """Returns the drift f(x, t), shape (B, ...), and the diffusion g(t), shape (B,)."""
+
+  @abc.abstractmethod
+  def marginal_prob(self, x, t):
+    """Mean (B, ...) and std (B,) of the perturbation kernel p_0t(x(t) | x(0) = x)."""
+
+  @abc.abstractmethod
+  def prior_sampling(self, key, shape):
+    """Draws from the prior p_T, an array of `shape`."""
+
+  @abc.abstractmethod
+  def prior_logp(self, z):
+    """log p_T(z) in nats, summed over each sample; shape (B,)."""
+
+  @abc.abstractmethod
+  def discretize(self, x, t):
+    """One forward step x_{i+1} = x_i + f_i(x_i) + G_i z_i ending at time t: returns f_i, G_i (B,)."""
+
+  @property
+  @abc.abstractmethod
+  def alphas(self) -> np.ndarray:
+    """Per-step signal retention alpha_i of the discretization, shape (N,); the Langevin step
+    size of the correctors is scaled by it (alpha_i = 1 - beta_i for DDPM, 1 for SMLD)."""
+
+  def timestep_index(self, t):
+    """Index i in [0, N-1] of the discrete step at time t (int32, shape of t)."""
+    index = jnp.floor(t * (self.N - 1) / self.T).astype(jnp.int32)
+    return jnp.clip(index, 0, self.N - 1)
+
+  def alpha(self, t):
+    """`alphas` at the step of time t; shape (B,)."""
+    return jnp.asarray(self.alphas, jnp.float32)[self.timestep_index(t)]
+
+  def reverse(self, score_fn: ScoreFn, probability_flow: bool = False) -> "ReverseSDE":
+    """The reverse-time SDE (Eq. 6), or the probability-flow ODE (Eq. 13) if `probability_flow`."""
+    return ReverseSDE(self, score_fn, probability_flow)
+
+
+@dataclasses.dataclass(frozen=True)
+class ReverseSDE:
+  """dx = [f(x, t) - c g(t)^2 score(x, t)] dt + g(t) dw_bar, with c = 1 (SDE) or 1/2 (ODE, no noise).
+
+  Time runs backwards: a step from t to t - dt subtracts the drift times dt.
+  """
+
+  forward: SDE
+  score_fn: ScoreFn
+  probability_flow: bool = False
+
+  @property
+  def N(self) -> int:
+    return self.forward.N
+
+  @property
+  def T(self) -> float:
+    return self.forward.T
+
+  @property
+  def _score_coeff(self) -> float:
+    return 0.5 if self.probability_flow else 1.0
+
+  def sde(self, x, t):
+    """Reverse drift (B, ...) and diffusion (B,); the diffusion is zero for the ODE."""
+    drift, diffusion = self.forward.sde(x, t)
+    drift = drift - expand_to(diffusion**2, x) * self.score_fn(x, t) * self._score_coeff
+    if self.probability_flow:
+      diffusion = jnp.zeros_like(diffusion)
+    return drift, diffusion
+
+  def discretize(self, x, t):
+    """Reverse of `forward.discretize`: x_i = x_{i+1} - rev_f + rev_G z (Eq. 46)."""
+    f, G = self.forward.discretize(x, t)
+    rev_f = f - expand_to(G**2, x) * self.score_fn(x, t) * self._score_coeff
+    rev_G = jnp.zeros_like(G) if self.probability_flow else G
+    return rev_f, rev_G
+
+
+@dataclasses.dataclass(frozen=True)
+class VPSDE(SDE):
+  """Variance preserving SDE (Eq. 11): dx = -beta(t)/2 x dt + sqrt(beta(t)) dw,
+  beta(t) = beta_min + t (beta_max - beta_min). Its discretization is DDPM's Markov chain."""
+
+  beta_min: float = 0.1
+  beta_max: float = 20.0
+  N: int = 1000
+
+  def beta(self, t):
+    return self.beta_min + t * (self.beta_max - self.beta_min)
+
+  def log_mean_coeff(self, t):
+    """log of the mean scale: -1/2 int_0^t beta(s) ds (Eq. 29)."""
+    return -0.25 * t**2 * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min
+
+  @functools.cached_property
+  def discrete_betas(self) -> np.ndarray:
+    """DDPM betas beta_i = beta(i / (N - 1)) / N, shape (N,), float64."""
+    return np.linspace(self.beta_min / self.N, self.beta_max / self.N, self.N)
+
+  @property
+  def alphas(self) -> np.ndarray:
+    return 1.0 - self.discrete_betas
+
+  @functools.cached_property
+  def alphas_cumprod(self) -> np.ndarray:
+    return np.cumprod(self.alphas)
+
+  @property
+  def sqrt_alphas_cumprod(self) -> np.ndarray:
+    return np.sqrt(self.alphas_cumprod)
+
+  @property
+  def sqrt_1m_alphas_cumprod(self) -> np.ndarray:
+    return np.sqrt(1.0 - self.alphas_cumprod)
+
+  def sde(self, x, t):
+    beta_t = self.beta(t)
+    return -0.5 * expand_to(beta_t, x) * x, jnp.sqrt(beta_t)
+
+  def marginal_prob(self, x, t):
+    lmc = self.log_mean_coeff(t)
+    return expand_to(jnp.exp(lmc), x) * x, jnp.sqrt(1.0 - jnp.exp(2.0 * lmc))
+
+  def prior_sampling(self, key, shape):
+    return jax.random.normal(key, shape)
+
+  def prior_logp(self, z):
+    return _standard_normal_logp(z, 1.0)
+
+  def discretize(self, x, t):
+    """DDPM: x_{i+1} = sqrt(1 - beta_i) x_i + sqrt(beta_i) z (Eq. 47)."""
+    beta = jnp.asarray(self.discrete_betas, jnp.float32)[self.timestep_index(t)]
+    f = expand_to(jnp.sqrt(1.0 - beta), x) * x - x
+    return f, jnp.sqrt(beta)
+
+
+@dataclasses.dataclass(frozen=True)
+class subVPSDE(SDE):
+  """Sub-VP SDE (Eq. 12): dx = -beta(t)/2 x dt + sqrt(beta(t) (1 - exp(-2 int_0^t beta))) dw.
+
+  Its marginal std is 1 - exp(-int_0^t beta) (Eq. 30), never above the VP one.
+  """
+
+  beta_min: float = 0.1
+  beta_max: float = 20.0
+  N: int = 1000
+
+  def beta(self, t):
+    return self.beta_min + t * (self.beta_max - self.beta_min)
+
+  def log_mean_coeff(self, t):
+    return -0.25 * t**2 * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min
+
+  def _variance(self, t):
+    """Marginal variance of x(t) given x(0): (1 - exp(-int_0^t beta))^2."""
+    return jnp.square(1.0 - jnp.exp(2.0 * self.log_mean_coeff(t)))
+
+  def _step_start(self, t):
+    """Start s = max(t - T/N, 0) of the discrete step that ends at t."""
+    return jnp.maximum(t - self.T / self.N, 0.0)
+
+  @functools.cached_property
+  def alphas(self) -> np.ndarray:
+    """Squared mean scale of each step, exp(-int_{t_i - T/N}^{t_i} beta), at t_i = i T / (N - 1)."""
+    t = np.linspace(0.0, self.T, self.N)
+    s = np.maximum(t - self.T / self.N, 0.0)
+    return np.exp(2.0 * (self.log_mean_coeff(t) - self.log_mean_coeff(s)))
+
+  def sde(self, x, t):
+    beta_t = self.beta(t)
+    discount = 1.0 - jnp.exp(-2.0 * self.beta_min * t - (self.beta_max - self.beta_min) * t**2)
+    return -0.5 * expand_to(beta_t, x) * x, jnp.sqrt(beta_t * discount)
+
+  def marginal_prob(self, x, t):
+    lmc = self.log_mean_coeff(t)
+    return expand_to(jnp.exp(lmc), x) * x, 1.0 - jnp.exp(2.0 * lmc)
+
+  def prior_sampling(self, key, shape):
+    return jax.random.normal(key, shape)
+
+  def prior_logp(self, z):
+    return _standard_normal_logp(z, 1.0)
+
+  def discretize(self, x, t):
+    """Exact Gaussian transition of the SDE over [s, t], s = max(t - T/N, 0).
+
+    x(t) = a x(s) + sqrt(v(t) - a^2 v(s)) z with a = exp(lmc(t) - lmc(s)) and v the marginal
+    variance: the chain's marginals equal the SDE's at every step, and f, G^2 tend to the drift
+    and g^2 times T/N as N grows. (The official implementation has no subVP discretization.)
+    """
+    s = self._step_start(t)
+    a = jnp.exp(self.log_mean_coeff(t) - self.log_mean_coeff(s))
+    transition_var = jnp.maximum(self._variance(t) - a**2 * self._variance(s), 0.0)
+    return expand_to(a - 1.0, x) * x, jnp.sqrt(transition_var)
+
+
+@dataclasses.dataclass(frozen=True)
+class VESDE(SDE):
+  """Variance exploding SDE (Eq. 9): dx = sqrt(d sigma^2(t)/dt) dw,
+  sigma(t) = sigma_min (sigma_max / sigma_min)^t. Its discretization is SMLD's (NCSN) chain.
+
+  `marginal_prob` returns std = sigma(t), as the official implementation does, rather than the
+  exact sqrt(sigma(t)^2 - sigma_min^2): trained checkpoints were conditioned on sigma(t), so this
+  keeps them correct. The difference is below sigma_min.
+  """
+
+  sigma_min: float = 0.01
+  sigma_max: float = 50.0
+  N: int = 1000
+
+  def sigma(self, t):
+    return self.sigma_min * (self.sigma_max / self.sigma_min) ** t
+
+  @functools.cached_property
+  def discrete_sigmas(self) -> np.ndarray:
+    """Geometric noise levels sigma_min..sigma_max, ascending, shape (N,), float64."""
+    return np.exp(np.linspace(np.log(self.sigma_min), np.log(self.sigma_max), self.N))
+
+  @property
+  def alphas(self) -> np.ndarray:
+    return np.ones(self.N)
+
+  def sde(self, x, t):
+    diffusion = self.sigma(t) * np.sqrt(2 * (np.log(self.sigma_max) - np.log(self.sigma_min)))
+    return jnp.zeros_like(x), diffusion
+
+  def marginal_prob(self, x, t):
+    return x, self.sigma(t)
+
+  def prior_sampling(self, key, shape):
+    return self.sigma_max * jax.random.normal(key, shape)
+
+  def prior_logp(self, z):
+    return _standard_normal_logp(z, self.sigma_max)
+
+  def discretize(self, x, t):
+    """SMLD: x_{i+1} = x_i + sqrt(sigma_{i+1}^2 - sigma_i^2) z, with sigma_{-1} = 0 (Eq. 45)."""
+    index = self.timestep_index(t)
+    sigmas = jnp.asarray(self.discrete_sigmas, jnp.float32)
+    previous = jnp.where(index == 0, 0.0, sigmas[jnp.maximum(index - 1, 0)])
+    return jnp.zeros_like(x), jnp.sqrt(sigmas[index] ** 2 - previous**2)
+
+
+SDES = {'vpsde': VPSDE, 'subvpsde': subVPSDE, 'vesde': VESDE}
+
+
+def get_sde(config) -> SDE:
+  """Builds the SDE named by `config.training.sde` from the `config.model` noise parameters."""
+  name = config_checks.choice(config, 'training.sde', SDES)
+  num_scales = config_checks.positive_int(config, 'model.num_scales')
+  if name == 'vesde':
+    return VESDE(sigma_min=config_checks.positive_float(config, 'model.sigma_min'),
+                 sigma_max=config_checks.positive_float(config, 'model.sigma_max'), N=num_scales)
+  return SDES[name](beta_min=config_checks.positive_float(config, 'model.beta_min'),
+                    beta_max=config_checks.positive_float(config, 'model.beta_max'), N=num_scales)

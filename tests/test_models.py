@@ -1,0 +1,82 @@
+"""Model registry and the score conventions of get_score_fn (those of the official code)."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from score_sde import models
+from score_sde import sde as sde_lib
+
+from .helpers import tiny_config
+
+
+@models.register_model(name='label_echo')
+class LabelEcho(nn.Module):
+  """Test model whose output is its label broadcast to the input's shape."""
+
+  config: object
+
+  @nn.compact
+  def __call__(self, x, labels, train=False):
+    return jnp.broadcast_to(labels.astype(jnp.float32).reshape(-1, 1), x.shape)
+
+
+T = jnp.array([1e-3, 0.3, 0.7, 1.0])
+X = jnp.ones((4, 2))
+
+
+def echo_score(sde, continuous):
+  config = tiny_config()
+  config.model.name = 'label_echo'
+  model, variables = models.init_model(jax.random.PRNGKey(0), config, (2,))
+  return np.asarray(models.get_score_fn(sde, model, variables, continuous=continuous)(X, T))[:, 0]
+
+
+def test_vp_continuous_feeds_999t_and_divides_by_minus_std():
+  sde = sde_lib.VPSDE(N=1000)
+  std = np.asarray(sde.marginal_prob(X, T)[1])
+  np.testing.assert_allclose(echo_score(sde, True), -999 * np.asarray(T) / std, rtol=1e-5)
+
+
+def test_subvp_always_uses_continuous_convention():
+  sde = sde_lib.subVPSDE(N=1000)
+  std = np.asarray(sde.marginal_prob(X, T)[1])
+  for continuous in (True, False):
+    np.testing.assert_allclose(echo_score(sde, continuous), -999 * np.asarray(T) / std, rtol=1e-5)
+
+
+def test_vp_discrete_feeds_integer_step_and_ddpm_std():
+  sde = sde_lib.VPSDE(N=1000)
+  index = np.floor(np.asarray(T) * 999).astype(int)
+  np.testing.assert_allclose(echo_score(sde, False),
+                             -index / sde.sqrt_1m_alphas_cumprod[index], rtol=1e-5)
+
+
+def test_ve_continuous_feeds_sigma_and_discrete_feeds_descending_index():
+  sde = sde_lib.VESDE(sigma_min=0.01, sigma_max=50.0, N=1000)
+  np.testing.assert_allclose(echo_score(sde, True), 0.01 * 5000.0**np.asarray(T), rtol=1e-5)
+  index = np.floor(np.asarray(T) * 999).astype(int)
+  np.testing.assert_array_equal(echo_score(sde, False), 999 - index)
+  # The label indexes the descending sigmas at the sigma the discretization uses at time t.
+  np.testing.assert_allclose(sde.discrete_sigmas[::-1][999 - index], sde.discrete_sigmas[index])
+
+
+@pytest.mark.parametrize('shape', [(2,), (4, 4, 1)])
+def test_mlp_output_is_shaped_like_input(shape):
+  config = tiny_config(sde='vesde')
+  model, variables = models.init_model(jax.random.PRNGKey(0), config, shape)
+  x, labels = jnp.ones((3, *shape)), jnp.array([0.1, 1.0, 10.0])
+  out = model.apply(variables, x, labels)
+  assert out.shape == x.shape
+  # scale_by_sigma: the raw network output is divided by the label.
+  config.model.scale_by_sigma = False
+  unscaled = models.get_model(config).apply(variables, x, labels)
+  np.testing.assert_allclose(out, unscaled / labels.reshape((3,) + (1,) * len(shape)), rtol=1e-5)
+
+
+def test_unknown_model_name_is_refused():
+  config = tiny_config()
+  config.model.name = 'unet'
+  with pytest.raises(ValueError, match=r"model.name = 'unet' is not supported; allowed: \["):
+    models.get_model(config)
