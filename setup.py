@@ -22,6 +22,6 @@ setup(
         'matplotlib',
         'numpy',
     ],
-    extras_require={'test': ['pytest', 'pytest-xdist', 'scipy']},
+    extras_require={'test': ['pytest', 'scipy']},
     entry_points={'console_scripts': ['score-sde=score_sde.main:run']},
 )

@@ -7,6 +7,8 @@ pure jnp functions of a batch: `x` has shape (B, ...) and `t` has shape (B,). Pe
 Discrete grids: an SDE with N steps has noise levels indexed i = 0..N-1, with i = 0 the smallest
 noise; a time t maps to index floor(t (N - 1) / T) (`timestep_index`), the mapping the official
 implementation uses for its discretizations and for discretely trained models.
+
+SDEs are immutable and built with keywords, e.g. VPSDE(beta_min=0.1, beta_max=20.0, N=1000).
 """
 import abc
 import dataclasses
@@ -34,7 +36,7 @@ def _standard_normal_logp(z: jax.Array, scale: float) -> jax.Array:
   return -0.5 * dim * np.log(2 * np.pi * scale**2) - sq_norm / (2 * scale**2)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class SDE(abc.ABC):
   """Base class. `N` is the number of discretization steps; the time horizon is `T` = 1."""
 
@@ -123,10 +125,10 @@ class ReverseSDE:
     return rev_f, rev_G
 
 
-@dataclasses.dataclass(frozen=True)
-class VPSDE(SDE):
-  """Variance preserving SDE (Eq. 11): dx = -beta(t)/2 x dt + sqrt(beta(t)) dw,
-  beta(t) = beta_min + t (beta_max - beta_min). Its discretization is DDPM's Markov chain."""
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _LinearBetaSDE(SDE):
+  """What VP and sub-VP share: beta(t) = beta_min + t (beta_max - beta_min), the drift
+  -beta(t)/2 x, and the standard normal prior."""
 
   beta_min: float = 0.1
   beta_max: float = 20.0
@@ -138,6 +140,18 @@ class VPSDE(SDE):
   def log_mean_coeff(self, t):
     """log of the mean scale: -1/2 int_0^t beta(s) ds (Eq. 29)."""
     return -0.25 * t**2 * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min
+
+  def prior_sampling(self, key, shape):
+    return jax.random.normal(key, shape)
+
+  def prior_logp(self, z):
+    return _standard_normal_logp(z, 1.0)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class VPSDE(_LinearBetaSDE):
+  """Variance preserving SDE (Eq. 11): dx = -beta(t)/2 x dt + sqrt(beta(t)) dw.
+  Its discretization is DDPM's Markov chain."""
 
   @functools.cached_property
   def discrete_betas(self) -> np.ndarray:
@@ -168,12 +182,6 @@ class VPSDE(SDE):
     lmc = self.log_mean_coeff(t)
     return expand_to(jnp.exp(lmc), x) * x, jnp.sqrt(1.0 - jnp.exp(2.0 * lmc))
 
-  def prior_sampling(self, key, shape):
-    return jax.random.normal(key, shape)
-
-  def prior_logp(self, z):
-    return _standard_normal_logp(z, 1.0)
-
   def discretize(self, x, t):
     """DDPM: x_{i+1} = sqrt(1 - beta_i) x_i + sqrt(beta_i) z (Eq. 47)."""
     beta = jnp.asarray(self.discrete_betas, jnp.float32)[self.timestep_index(t)]
@@ -181,22 +189,12 @@ class VPSDE(SDE):
     return f, jnp.sqrt(beta)
 
 
-@dataclasses.dataclass(frozen=True)
-class subVPSDE(SDE):
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class subVPSDE(_LinearBetaSDE):
   """Sub-VP SDE (Eq. 12): dx = -beta(t)/2 x dt + sqrt(beta(t) (1 - exp(-2 int_0^t beta))) dw.
 
   Its marginal std is 1 - exp(-int_0^t beta) (Eq. 30), never above the VP one.
   """
-
-  beta_min: float = 0.1
-  beta_max: float = 20.0
-  N: int = 1000
-
-  def beta(self, t):
-    return self.beta_min + t * (self.beta_max - self.beta_min)
-
-  def log_mean_coeff(self, t):
-    return -0.25 * t**2 * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min
 
   def _variance(self, t):
     """Marginal variance of x(t) given x(0): (1 - exp(-int_0^t beta))^2."""
@@ -222,12 +220,6 @@ class subVPSDE(SDE):
     lmc = self.log_mean_coeff(t)
     return expand_to(jnp.exp(lmc), x) * x, 1.0 - jnp.exp(2.0 * lmc)
 
-  def prior_sampling(self, key, shape):
-    return jax.random.normal(key, shape)
-
-  def prior_logp(self, z):
-    return _standard_normal_logp(z, 1.0)
-
   def discretize(self, x, t):
     """Exact Gaussian transition of the SDE over [s, t], s = max(t - T/N, 0).
 
@@ -241,7 +233,7 @@ class subVPSDE(SDE):
     return expand_to(a - 1.0, x) * x, jnp.sqrt(transition_var)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class VESDE(SDE):
   """Variance exploding SDE (Eq. 9): dx = sqrt(d sigma^2(t)/dt) dw,
   sigma(t) = sigma_min (sigma_max / sigma_min)^t. Its discretization is SMLD's (NCSN) chain.
