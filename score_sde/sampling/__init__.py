@@ -13,6 +13,10 @@ from score_sde.sampling.pc import get_pc_sampler
 from score_sde.sampling.predictors import (Predictor, get_predictor, register_predictor,
                                            registered_predictors)
 
+__all__ = ['Corrector', 'Predictor', 'SAMPLING_METHODS', 'get_corrector', 'get_model_sampler',
+           'get_pc_sampler', 'get_predictor', 'get_sampler', 'register_corrector',
+           'register_predictor', 'registered_correctors', 'registered_predictors']
+
 SAMPLING_METHODS = ('pc',)
 
 
