@@ -118,8 +118,7 @@ def train(config, workdir_path: str) -> losses.TrainState:
       log.write(step, **{'eval/loss': eval_loss})
     if _crossed(before, step, snapshot_freq) or step == n_iters:
       _check_finite(np.asarray(step_losses), before + 1)
-      if step not in store.steps():
-        store.save(step, state, train_data.get_state())
+      store.save(step, state, train_data.get_state())
       if snapshot_sampling:
         samples, _ = draw({'params': state.params_ema}, jax.random.PRNGKey(config.seed + 2))
         save_snapshot_samples(os.path.join(workdir_path, 'samples', f'step_{step}'),
