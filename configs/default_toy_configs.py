@@ -25,18 +25,35 @@ def get_default_configs():
   sampling.corrector = 'none'
   sampling.snr = 0.16
   sampling.n_steps_each = 1
-  sampling.step_size_rule = 'batch'  # see LangevinCorrector: per-sample is biased in 2-D
+  sampling.step_size_rule = 'batch'
   sampling.probability_flow = False
   sampling.noise_removal = True
   sampling.eps = 1e-3
+  sampling.ode_solver = 'dopri5'  # method 'ode'
+  sampling.rtol = 1e-5
+  sampling.atol = 1e-5
+  sampling.ode_steps = 100  # 'euler' / 'heun'
+
+  config.likelihood = likelihood = ml_collections.ConfigDict()
+  likelihood.solver = 'dopri5'
+  likelihood.rtol = 1e-5
+  likelihood.atol = 1e-5
+  likelihood.num_steps = 100  # 'euler' / 'heun'
+  likelihood.divergence = 'exact'  # 2-D data: the exact trace is cheap
+  likelihood.num_probes = 1
+  likelihood.eps = 1e-5
 
   config.eval = evaluate = ml_collections.ConfigDict()
   evaluate.batch_size = 10000
   evaluate.num_samples = 10000
+  evaluate.enable_bpd = True
+  evaluate.bpd_num_samples = 2000  # test points whose likelihood is computed
+  evaluate.bpd_num_repeats = 1  # passes over them (fresh dequantization and probes)
 
   config.data = data = ml_collections.ConfigDict()
   data.dataset = 'checkerboard'
   data.centered = False
+  data.dequantization = 'none'  # continuous data; 'uniform' for 8-bit images
 
   config.model = model = ml_collections.ConfigDict()
   model.name = 'mlp'

@@ -13,7 +13,8 @@ import time
 import jax
 import numpy as np
 
-from score_sde import checkpoints, config_checks, datasets, evaluation, losses, plots, sampling
+from score_sde import checkpoints, config_checks, datasets, evaluation, likelihood, losses, plots
+from score_sde import sampling
 from score_sde import train as train_lib
 from score_sde import workdir
 
@@ -31,19 +32,32 @@ def _restore_latest(config, workdir_path: str):
 
 
 def _draw_samples(config, experiment, state) -> tuple:
-  """(samples (num_samples, ...), nfe per sample, seconds) from the EMA parameters."""
+  """(samples (num_samples, ...), NFE summary, seconds) from the EMA parameters. The NFE
+  summary is {'nfe': mean per sample, 'nfe_max': max} (equal for PC; the ODE adapts per sample)."""
   num_samples = config_checks.positive_int(config, 'eval.num_samples')
   batch_size = min(config_checks.positive_int(config, 'eval.batch_size'), num_samples)
   draw = sampling.get_model_sampler(config, experiment.sde, experiment.model,
                                     (batch_size, *experiment.data_shape))
   key = jax.random.PRNGKey(config_checks.get(config, 'seed') + 3)
-  start, batches = time.perf_counter(), []
+  start, batches, nfes = time.perf_counter(), [], []
   for first in range(0, num_samples, batch_size):
     samples, nfe = draw({'params': state.params_ema}, key, first)
     batches.append(np.asarray(samples))
+    nfes.append(np.broadcast_to(np.asarray(nfe), (batch_size,)))
   seconds = time.perf_counter() - start
   inverse_scaler = datasets.get_data_inverse_scaler(config)
-  return np.asarray(inverse_scaler(np.concatenate(batches)[:num_samples])), int(nfe), seconds
+  nfes = np.concatenate(nfes)[:num_samples]
+  nfe_summary = {'nfe': float(nfes.mean()), 'nfe_max': int(nfes.max())}
+  return np.asarray(inverse_scaler(np.concatenate(batches)[:num_samples])), nfe_summary, seconds
+
+
+def _save_picture(path: str, samples: np.ndarray):
+  """A scatter plot for 2-D points, an image grid (first 64) for images; None otherwise."""
+  if samples.ndim == 2 and samples.shape[1] == 2:
+    return plots.save_scatter(path, {'samples': samples})
+  if samples.ndim == 4 and samples.shape[-1] in (1, 3):
+    return plots.save_image_grid(path, samples[:64])
+  return None
 
 
 def _write_json(path: str, record: dict) -> str:
@@ -59,18 +73,44 @@ def sample(config, workdir_path: str, eval_folder: str = 'eval') -> str:
   samples, nfe, seconds = _draw_samples(config, experiment, state)
   out = workdir.fresh_directory(os.path.join(workdir_path, eval_folder, f'step_{step}'))
   np.savez(os.path.join(out, 'samples.npz'), samples=samples)
-  if samples.ndim == 2 and samples.shape[1] == 2:
-    plots.save_scatter(os.path.join(out, 'samples.png'), {'samples': samples})
+  _save_picture(os.path.join(out, 'samples.png'), samples)
   _write_json(os.path.join(out, 'sampling.json'),
-              {'step': step, 'num_samples': len(samples), 'nfe': nfe, 'seconds': seconds,
+              {'step': step, 'num_samples': len(samples), **nfe, 'seconds': seconds,
                'sampling': config.sampling.to_dict()})
   print(f'Wrote {len(samples)} samples of step {step} to {out}')
   return out
 
 
+def _bits_per_dim(config, experiment, state, test_stream) -> dict:
+  """Bits/dim of eval.bpd_num_samples test points through the probability-flow ODE, over
+  eval.bpd_num_repeats passes (fresh dequantization noise and probes each): the mean over all
+  per-point values and its standard error."""
+  num_points = config_checks.positive_int(config, 'eval.bpd_num_samples')
+  repeats = config_checks.positive_int(config, 'eval.bpd_num_repeats')
+  batch_size = min(config_checks.positive_int(config, 'eval.batch_size'), num_points)
+  points = next(test_stream)['x'][:num_points]
+  bpd_fn = likelihood.get_model_bpd_fn(config, experiment.sde, experiment.model)
+  key = jax.random.PRNGKey(config_checks.get(config, 'seed') + 5)
+  start, values, nfes = time.perf_counter(), [], []
+  for repeat in range(repeats):
+    for first in range(0, num_points - batch_size + 1, batch_size):
+      batch_key = jax.random.fold_in(jax.random.fold_in(key, repeat), first)
+      bpd, _, nfe = bpd_fn({'params': state.params_ema}, batch_key,
+                           points[first:first + batch_size])
+      values.append(np.asarray(bpd))
+      nfes.append(np.asarray(nfe))
+  values, nfes = np.concatenate(values), np.concatenate(nfes)
+  return {'bpd': float(values.mean()),
+          'bpd_standard_error': float(values.std(ddof=1) / np.sqrt(len(values))),
+          'bpd_num_values': len(values), 'bpd_nfe': float(nfes.mean()),
+          'bpd_seconds': time.perf_counter() - start}
+
+
 def evaluate(config, workdir_path: str, eval_folder: str = 'eval') -> dict:
-  """Evaluates the latest checkpoint: test loss, and for 2-D data the energy distance between
-  samples and test data next to the same statistic between two independent data draws.
+  """Evaluates the latest checkpoint: test loss, bits/dim through the probability-flow ODE (if
+  eval.enable_bpd; with data.dequantization 'none' it is -log2 p(x) / d of the data in its own
+  units), and for 2-D data the energy distance between samples and test data next to the same
+  statistic between two independent data draws.
 
   Writes report.json, samples.npz and samples_vs_data.png; returns the report.
   """
@@ -82,8 +122,10 @@ def evaluate(config, workdir_path: str, eval_folder: str = 'eval') -> dict:
   eval_step = jax.jit(losses.get_eval_step(config, experiment.sde, experiment.model))
   test_loss = float(eval_step(state, jax.random.PRNGKey(config.seed + 4), scaler(test_data)))
   samples, nfe, seconds = _draw_samples(config, experiment, state)
-  report = {'step': step, 'test_loss': test_loss, 'num_samples': len(samples), 'nfe': nfe,
+  report = {'step': step, 'test_loss': test_loss, 'num_samples': len(samples), **nfe,
             'sampling_seconds': seconds}
+  if config_checks.get(config, 'eval.enable_bpd'):
+    report.update(_bits_per_dim(config, experiment, state, test_stream))
   out = workdir.fresh_directory(os.path.join(workdir_path, eval_folder, f'step_{step}'))
   np.savez(os.path.join(out, 'samples.npz'), samples=samples)
   if samples.ndim == 2 and samples.shape[1] == 2:

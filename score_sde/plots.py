@@ -1,9 +1,11 @@
-"""Pictures of samples: 2-D scatter plots, samples beside the data, written as PNG files."""
+"""Pictures of samples, written as PNG files: 2-D scatter plots (samples beside the data) and
+image grids."""
 import matplotlib
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
 
 
 def save_scatter(path: str, panels: dict, limit: float = None) -> str:
@@ -20,4 +22,22 @@ def save_scatter(path: str, panels: dict, limit: float = None) -> str:
   figure.tight_layout()
   figure.savefig(path, dpi=100)
   plt.close(figure)
+  return path
+
+
+def save_image_grid(path: str, images: np.ndarray, columns: int = None) -> str:
+  """Saves images (n, H, W, C) with values in [0, 1], C = 1 or 3, as one PNG grid with a
+  2-pixel gap, `columns` wide (default: about square). Returns path."""
+  images = np.clip(np.asarray(images, np.float32), 0.0, 1.0)
+  n, height, width, channels = images.shape
+  if channels not in (1, 3):
+    raise ValueError(f'Images need 1 or 3 channels to be saved as PNG; got {channels}.')
+  columns = columns or int(np.ceil(np.sqrt(n)))
+  rows = int(np.ceil(n / columns))
+  grid = np.ones((rows * (height + 2) + 2, columns * (width + 2) + 2, channels), np.float32)
+  for k, image in enumerate(images):
+    top, left = 2 + (k // columns) * (height + 2), 2 + (k % columns) * (width + 2)
+    grid[top:top + height, left:left + width] = image
+  pixels = np.round(grid * 255).astype(np.uint8)
+  Image.fromarray(pixels[..., 0] if channels == 1 else pixels).save(path)
   return path

@@ -196,11 +196,11 @@ class subVPSDE(_LinearBetaSDE):
   Its marginal std is 1 - exp(-int_0^t beta) (Eq. 30), never above the VP one.
   """
 
-  def _variance(self, t):
-    """Marginal variance of x(t) given x(0): (1 - exp(-int_0^t beta))^2."""
+  def variance(self, t):
+    """Marginal variance of x(t) given x(0): (1 - exp(-int_0^t beta))^2, shape of t."""
     return jnp.square(1.0 - jnp.exp(2.0 * self.log_mean_coeff(t)))
 
-  def _step_start(self, t):
+  def step_start(self, t):
     """Start s = max(t - T/N, 0) of the discrete step that ends at t."""
     return jnp.maximum(t - self.T / self.N, 0.0)
 
@@ -220,17 +220,21 @@ class subVPSDE(_LinearBetaSDE):
     lmc = self.log_mean_coeff(t)
     return expand_to(jnp.exp(lmc), x) * x, 1.0 - jnp.exp(2.0 * lmc)
 
-  def discretize(self, x, t):
-    """Exact Gaussian transition of the SDE over [s, t], s = max(t - T/N, 0).
-
-    x(t) = a x(s) + sqrt(v(t) - a^2 v(s)) z with a = exp(lmc(t) - lmc(s)) and v the marginal
-    variance: the chain's marginals equal the SDE's at every step, and f, G^2 tend to the drift
-    and g^2 times T/N as N grows. (The official implementation has no subVP discretization.)
-    """
-    s = self._step_start(t)
+  def transition(self, t):
+    """Exact Gaussian transition x(t) = a x(s) + G z over the step [s, t] ending at t:
+    a = exp(lmc(t) - lmc(s)) and G^2 = v(t) - a^2 v(s), v the marginal variance; each (B,)."""
+    s = self.step_start(t)
     a = jnp.exp(self.log_mean_coeff(t) - self.log_mean_coeff(s))
-    transition_var = jnp.maximum(self._variance(t) - a**2 * self._variance(s), 0.0)
-    return expand_to(a - 1.0, x) * x, jnp.sqrt(transition_var)
+    return a, jnp.sqrt(jnp.maximum(self.variance(t) - a**2 * self.variance(s), 0.0))
+
+  def discretize(self, x, t):
+    """The exact transition over [s, t], s = max(t - T/N, 0) (see `transition`).
+
+    The chain's marginals equal the SDE's at every step, and f, G^2 tend to the drift and g^2
+    times T/N as N grows. (The official implementation has no subVP discretization.)
+    """
+    a, G = self.transition(t)
+    return expand_to(a - 1.0, x) * x, G
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -17,7 +17,7 @@ import ml_collections
 RESUMABLE_FIELDS = ('training.n_iters', 'training.log_freq', 'training.eval_freq',
                     'training.snapshot_freq', 'training.snapshot_sampling',
                     'training.n_jitted_steps', 'optim.lr', 'model.ema_rate')
-RESUMABLE_SECTIONS = ('sampling.', 'eval.')
+RESUMABLE_SECTIONS = ('sampling.', 'eval.', 'likelihood.')
 
 
 def _flatten(tree: dict, prefix: str = '') -> dict:

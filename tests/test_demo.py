@@ -32,6 +32,14 @@ def test_demo_samples_match_the_data(demo_report):
   assert demo_report['energy_distance_ratio'] < 3.0, demo_report
 
 
+def test_demo_likelihood_is_above_the_data_entropy_and_close_to_it(demo_report):
+  # The checkerboard is uniform on 8 unit squares: its entropy is log2(8) / 2 = 1.5 bits/dim,
+  # a lower bound on any model's expected negative log-likelihood.
+  assert demo_report['bpd_num_values'] == 2000
+  assert demo_report['bpd'] > 1.5 - 3 * demo_report['bpd_standard_error'], demo_report
+  assert demo_report['bpd'] < 1.8, demo_report
+
+
 def test_demo_writes_its_picture_and_report(demo_report):
   with open(demo_report['picture'], 'rb') as f:
     assert f.read(8) == b'\x89PNG\r\n\x1a\n'

@@ -80,3 +80,27 @@ def test_unknown_model_name_is_refused():
   config.model.name = 'unet'
   with pytest.raises(ValueError, match=r"model.name = 'unet' is not supported; allowed: \["):
     models.get_model(config)
+
+
+def test_discrete_ve_mlp_divides_by_the_sigma_of_its_step_index():
+  config = tiny_config(sde='vesde')
+  config.training.continuous = False
+  config.model.embedding_type = 'positional'
+  model, variables = models.init_model(jax.random.PRNGKey(0), config, (2,))
+  x, labels = jnp.ones((3, 2)), jnp.array([0, 10, config.model.num_scales - 1])
+  out = model.apply(variables, x, labels)
+  config.model.scale_by_sigma = False
+  unscaled = models.get_model(config).apply(variables, x, labels)
+  sigmas = np.array([config.model.sigma_max, 0.0, config.model.sigma_min])
+  sigmas[1] = config.model.sigma_max * (config.model.sigma_min / config.model.sigma_max)**(
+      10 / (config.model.num_scales - 1))
+  np.testing.assert_allclose(out, unscaled / sigmas[:, None], rtol=1e-5)
+
+
+@pytest.mark.parametrize('sde,continuous', [('vpsde', True), ('vesde', False)])
+def test_fourier_embedding_needs_continuous_ve_labels(sde, continuous):
+  config = tiny_config(sde=sde)
+  config.training.continuous = continuous
+  config.model.embedding_type = 'fourier'
+  with pytest.raises(ValueError, match="embedding_type = 'fourier' embeds log"):
+    models.init_model(jax.random.PRNGKey(0), config, (2,))

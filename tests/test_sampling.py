@@ -29,7 +29,7 @@ def gaussian_score(sde):
 
 
 @functools.lru_cache(maxsize=None)
-def draw(name, predictor, corrector, snr=0.16, n=4000, first_index=0, step_size_rule='per_sample'):
+def draw(name, predictor, corrector, snr=0.16, n=4000, first_index=0, step_size_rule='batch'):
   sde = SDES[name]
   sampler = sampling.get_pc_sampler(sde, predictor, corrector, snr=snr, eps=EPS[name],
                                     step_size_rule=step_size_rule)
@@ -62,7 +62,8 @@ def test_predictor_corrector_matches_gaussian(name):
 def test_per_sample_langevin_bias_in_2d_shrinks_with_snr():
   """In 2-D the per-sample step size 2 alpha (snr |z| / |s(x)|)^2 is heavy-tailed (|s| vanishes
   at the mode) and inflates the variance; the inflation must vanish as snr -> 0."""
-  errors = [np.abs(np.cov(draw('ve', 'reverse_diffusion', 'langevin', snr=snr)[0].T) - COV).max()
+  errors = [np.abs(np.cov(draw('ve', 'reverse_diffusion', 'langevin', snr=snr,
+                              step_size_rule='per_sample')[0].T) - COV).max()
             for snr in (0.16, 0.05, 0.01)]
   assert errors[0] > errors[1] > errors[2], errors
   assert errors[2] < 0.1 * errors[0], errors
@@ -98,9 +99,11 @@ def test_sampler_is_one_loop_whatever_the_number_of_steps():
 
 
 @pytest.mark.parametrize('kwargs,message', [
-    (dict(predictor='heun'), r"Unknown predictor 'heun'; allowed: \['euler_maruyama', 'none', "
-                             r"'reverse_diffusion'\]"),
-    (dict(corrector='mala'), r"Unknown corrector 'mala'; allowed: \['langevin', 'none'\]"),
+    (dict(predictor='heun'), r"Unknown predictor 'heun'; allowed: \['ancestral_sampling', "
+                             r"'euler_maruyama', 'none', 'reverse_diffusion'\]"),
+    (dict(corrector='mala'), r"Unknown corrector 'mala'; allowed: \['ald', 'langevin', 'none'\]"),
+    (dict(predictor='ancestral_sampling', probability_flow=True),
+     'ancestral_sampling has no probability-flow form'),
     (dict(n_steps_each=0), 'n_steps_each = 0 must be a positive integer'),
     (dict(eps=0.0), r'eps = 0.0 must lie in \(0, T = 1.0\)'),
     (dict(step_size_rule='mean'), "Unknown Langevin step-size rule 'mean'"),

@@ -34,6 +34,12 @@ class MLP(nn.Module):
     embedding_type = config_checks.choice(config, 'model.embedding_type', ('fourier', 'positional'))
     dropout = config_checks.unit_interval(config, 'model.dropout')
 
+    continuous_ve = (config_checks.get(config, 'training.sde') == 'vesde' and
+                     bool(config_checks.get(config, 'training.continuous')))
+    if embedding_type == 'fourier' and not continuous_ve:
+      raise ValueError("model.embedding_type = 'fourier' embeds log(sigma) and needs the sigma "
+                       'labels of a continuous VESDE model; use '
+                       "'positional' for VP, subVP and discrete models.")
     if embedding_type == 'fourier':
       temb = layers.GaussianFourierProjection(
           embedding_size=nf, scale=config_checks.positive_float(config, 'model.fourier_scale'))(
@@ -49,5 +55,11 @@ class MLP(nn.Module):
       h = nn.Dropout(dropout, deterministic=not train)(h)
     out = nn.Dense(int(np.prod(x.shape[1:])))(h).reshape(x.shape)
     if config.model.get('scale_by_sigma', False):
-      out = out / labels.reshape((-1,) + (1,) * (x.ndim - 1))
+      if continuous_ve:
+        sigmas = labels
+      else:
+        sigmas = jnp.asarray(np.geomspace(config.model.sigma_max, config.model.sigma_min,
+                                          config.model.num_scales), jnp.float32)[
+                                              labels.astype(jnp.int32)]
+      out = out / sigmas.reshape((-1,) + (1,) * (x.ndim - 1))
     return out

@@ -3,6 +3,9 @@ from time t to t - T/N. `update(keys, x, t)` takes per-sample keys (B,), x (B, .
 and returns (x, x_mean), x_mean being the step without its noise."""
 import abc
 
+import jax.numpy as jnp
+
+from score_sde import sde as sde_lib
 from score_sde.registry import Registry
 from score_sde.sampling import streams
 from score_sde.sde import expand_to
@@ -14,9 +17,11 @@ registered_predictors = _PREDICTORS.names
 
 
 class Predictor(abc.ABC):
-  """Base class; `evals_per_step` is the number of score evaluations of one update."""
+  """Base class; `evals_per_step` is the number of score evaluations of one update;
+  `has_probability_flow` says whether the step has a noise-free probability-flow form."""
 
   evals_per_step = 1
+  has_probability_flow = True
 
   def __init__(self, sde, score_fn, probability_flow: bool = False):
     self.sde = sde
@@ -47,6 +52,51 @@ class ReverseDiffusionPredictor(Predictor):
     rev_f, rev_G = self.rsde.discretize(x, t)
     x_mean = x - rev_f
     return x_mean + expand_to(rev_G, x) * streams.normal_like(keys, x), x_mean
+
+
+@register_predictor(name='ancestral_sampling')
+class AncestralSamplingPredictor(Predictor):
+  """Ancestral sampling of the discrete chain x_i = a_i x_{i-1} + G_i z (paper, App. F).
+
+  The mean is the exact E[x_{i-1} | x_i] = (x_i + G_i^2 s(x_i)) / a_i (Tweedie's formula for one
+  Gaussian step). The noise std is
+    VP (DDPM, Eq. 47):   G_i = sqrt(beta_i), DDPM's sigma^2 = beta choice, as the official code;
+    VE (SMLD, Eq. 45):   sqrt(sigma_{i-1}^2 (sigma_i^2 - sigma_{i-1}^2) / sigma_i^2);
+    subVP (exact-transition chain, see subVPSDE.transition): sqrt(G_i^2 v(s) / v(t)).
+  The last two are the std of q(x_{i-1} | x_i, x_0), the DDPM posterior of that chain; the
+  official implementation has no subVP ancestral step. The step is a stochastic chain, so
+  `probability_flow` is refused.
+  """
+
+  has_probability_flow = False
+
+  def __init__(self, sde, score_fn, probability_flow: bool = False):
+    if not isinstance(sde, (sde_lib.VPSDE, sde_lib.subVPSDE, sde_lib.VESDE)):
+      raise ValueError(f'ancestral_sampling supports VPSDE, subVPSDE and VESDE, not '
+                       f'{type(sde).__name__}.')
+    super().__init__(sde, score_fn, probability_flow)
+
+  def _scale_and_stds(self, t):
+    """(a_i, G_i, noise std), each (B,), of the step ending at t."""
+    sde = self.sde
+    if isinstance(sde, sde_lib.VPSDE):
+      beta = jnp.asarray(sde.discrete_betas, jnp.float32)[sde.timestep_index(t)]
+      return jnp.sqrt(1.0 - beta), jnp.sqrt(beta), jnp.sqrt(beta)
+    if isinstance(sde, sde_lib.subVPSDE):
+      a, G = sde.transition(t)
+      ratio = sde.variance(sde.step_start(t)) / sde.variance(t)
+      return a, G, G * jnp.sqrt(ratio)
+    index = sde.timestep_index(t)
+    sigmas = jnp.asarray(sde.discrete_sigmas, jnp.float32)
+    sigma = sigmas[index]
+    previous = jnp.where(index == 0, 0.0, sigmas[jnp.maximum(index - 1, 0)])
+    G = jnp.sqrt(sigma**2 - previous**2)
+    return jnp.ones_like(sigma), G, G * previous / sigma
+
+  def update(self, keys, x, t):
+    a, G, std = self._scale_and_stds(t)
+    x_mean = (x + expand_to(G**2, x) * self.score_fn(x, t)) / expand_to(a, x)
+    return x_mean + expand_to(std, x) * streams.normal_like(keys, x), x_mean
 
 
 @register_predictor(name='none')
