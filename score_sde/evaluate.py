@@ -84,7 +84,9 @@ def sample(config, workdir_path: str, eval_folder: str = 'eval') -> str:
 def _bits_per_dim(config, experiment, state, test_stream) -> dict:
   """Bits/dim of eval.bpd_num_samples test points through the probability-flow ODE, over
   eval.bpd_num_repeats passes (fresh dequantization noise and probes each): the mean over all
-  per-point values and its standard error."""
+  per-point values and its standard error. Points are taken in whole batches of
+  eval.batch_size (one compiled shape); a remainder is left out and bpd_num_values says how
+  many values were used."""
   num_points = config_checks.positive_int(config, 'eval.bpd_num_samples')
   repeats = config_checks.positive_int(config, 'eval.bpd_num_repeats')
   batch_size = min(config_checks.positive_int(config, 'eval.batch_size'), num_points)

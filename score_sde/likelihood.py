@@ -21,8 +21,6 @@ so  bpd = -log p_y(y) / (d ln 2) - log2(a) + 8: the official +7 (centred) / +8 o
 `dequantization='none'` (continuous data) it is the differential entropy rate
 -log p_x(x) / (d ln 2) of the data in its own units (no +8), and may be negative.
 """
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -54,7 +52,7 @@ def get_log_likelihood_fn(sde, *, solver: ode.ODESolver = ode.ODESolver(),
     raise ValueError(f'Unknown divergence {divergence!r}; allowed: {list(DIVERGENCES)}.')
   if not (isinstance(num_probes, int) and num_probes >= 1):
     raise ValueError(f'num_probes = {num_probes} must be an integer >= 1.')
-  ode._check_eps(sde, eps)
+  sde.check_eps(eps)
   jump_ts = ode.score_jump_times(sde, continuous)
 
   def log_likelihood(key, score_fn, y):
@@ -124,40 +122,22 @@ def _check_unit_range(x):
                      f'[{low}, {high}]. Pass data before the data scaler.')
 
 
-@dataclasses.dataclass(frozen=True)
-class LikelihoodSettings:
-  """The likelihood options of a config (config.likelihood and config.data)."""
-
-  solver: ode.ODESolver
-  divergence: str
-  num_probes: int
-  eps: float
-  dequantization: str
-
-
-def settings_from_config(config) -> LikelihoodSettings:
-  return LikelihoodSettings(
-      solver=ode.ODESolver(
-          solver=config_checks.choice(config, 'likelihood.solver', ode.SOLVERS),
-          rtol=config_checks.positive_float(config, 'likelihood.rtol'),
-          atol=config_checks.positive_float(config, 'likelihood.atol'),
-          num_steps=config_checks.positive_int(config, 'likelihood.num_steps')),
-      divergence=config_checks.choice(config, 'likelihood.divergence', DIVERGENCES),
-      num_probes=config_checks.positive_int(config, 'likelihood.num_probes'),
-      eps=config_checks.positive_float(config, 'likelihood.eps'),
-      dequantization=config_checks.choice(config, 'data.dequantization', DEQUANTIZATIONS))
-
-
 def get_model_bpd_fn(config, sde, model):
   """Jitted bpd(variables, key, x) -> (bpd (B,), z, nfe (B,)) of a trained model on data x in
-  data units (before the scaler), honouring config.training.continuous for the score."""
-  settings = settings_from_config(config)
+  data units (before the scaler), from config.likelihood (solver, rtol, atol, num_steps,
+  divergence, num_probes, eps) and data.dequantization, honouring config.training.continuous
+  for the score."""
+  solver = ode.ODESolver(solver=config_checks.choice(config, 'likelihood.solver', ode.SOLVERS),
+                         rtol=config_checks.positive_float(config, 'likelihood.rtol'),
+                         atol=config_checks.positive_float(config, 'likelihood.atol'),
+                         num_steps=config_checks.positive_int(config, 'likelihood.num_steps'))
+  dequantization = config_checks.choice(config, 'data.dequantization', DEQUANTIZATIONS)
   continuous = bool(config_checks.get(config, 'training.continuous'))
-  bits_per_dim = get_bpd_fn(sde, data_scaler=datasets.get_data_scaler(config),
-                            dequantization=settings.dequantization,
-                            solver=settings.solver, divergence=settings.divergence,
-                            num_probes=settings.num_probes, eps=settings.eps,
-                            continuous=continuous)
+  bits_per_dim = get_bpd_fn(
+      sde, data_scaler=datasets.get_data_scaler(config), dequantization=dequantization,
+      solver=solver, divergence=config_checks.choice(config, 'likelihood.divergence', DIVERGENCES),
+      num_probes=config_checks.positive_int(config, 'likelihood.num_probes'),
+      eps=config_checks.positive_float(config, 'likelihood.eps'), continuous=continuous)
 
   @jax.jit
   def run(variables, key, x):
@@ -165,7 +145,7 @@ def get_model_bpd_fn(config, sde, model):
     return bits_per_dim(key, score_fn, x)
 
   def bpd(variables, key, x):
-    if settings.dequantization == 'uniform':
+    if dequantization == 'uniform':
       _check_unit_range(x)
     return run(variables, key, x)
 

@@ -63,8 +63,19 @@ class SDE(abc.ABC):
     """log p_T(z) in nats, summed over each sample; shape (B,)."""
 
   @abc.abstractmethod
+  def transition(self, t):
+    """The Gaussian step x_i = a_i x_{i-1} + G_i z of the discretization ending at time t:
+    returns a_i and G_i, each shape (B,)."""
+
   def discretize(self, x, t):
-    """One forward step x_{i+1} = x_i + f_i(x_i) + G_i z_i ending at time t: returns f_i, G_i (B,)."""
+    """One forward step x_i = x_{i-1} + f_i + G_i z ending at time t: f_i = (a_i - 1) x, G_i (B,)."""
+    a, G = self.transition(t)
+    return expand_to(a - 1.0, x) * x, G
+
+  def check_eps(self, eps: float) -> None:
+    """Refuses a smallest time `eps` outside (0, T)."""
+    if not 0 < eps < self.T:
+      raise ValueError(f'eps = {eps} must lie in (0, T = {self.T}).')
 
   @property
   @abc.abstractmethod
@@ -182,11 +193,10 @@ class VPSDE(_LinearBetaSDE):
     lmc = self.log_mean_coeff(t)
     return expand_to(jnp.exp(lmc), x) * x, jnp.sqrt(1.0 - jnp.exp(2.0 * lmc))
 
-  def discretize(self, x, t):
-    """DDPM: x_{i+1} = sqrt(1 - beta_i) x_i + sqrt(beta_i) z (Eq. 47)."""
+  def transition(self, t):
+    """DDPM: x_i = sqrt(1 - beta_i) x_{i-1} + sqrt(beta_i) z (Eq. 47)."""
     beta = jnp.asarray(self.discrete_betas, jnp.float32)[self.timestep_index(t)]
-    f = expand_to(jnp.sqrt(1.0 - beta), x) * x - x
-    return f, jnp.sqrt(beta)
+    return jnp.sqrt(1.0 - beta), jnp.sqrt(beta)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -221,20 +231,15 @@ class subVPSDE(_LinearBetaSDE):
     return expand_to(jnp.exp(lmc), x) * x, 1.0 - jnp.exp(2.0 * lmc)
 
   def transition(self, t):
-    """Exact Gaussian transition x(t) = a x(s) + G z over the step [s, t] ending at t:
-    a = exp(lmc(t) - lmc(s)) and G^2 = v(t) - a^2 v(s), v the marginal variance; each (B,)."""
+    """Exact Gaussian transition x(t) = a x(s) + G z over the step [s, t], s = max(t - T/N, 0):
+    a = exp(lmc(t) - lmc(s)) and G^2 = v(t) - a^2 v(s), v the marginal variance; each (B,).
+
+    The chain's marginals equal the SDE's at every step, and (a - 1) x, G^2 tend to the drift
+    and g^2 times T/N as N grows. (The official implementation has no subVP discretization.)
+    """
     s = self.step_start(t)
     a = jnp.exp(self.log_mean_coeff(t) - self.log_mean_coeff(s))
     return a, jnp.sqrt(jnp.maximum(self.variance(t) - a**2 * self.variance(s), 0.0))
-
-  def discretize(self, x, t):
-    """The exact transition over [s, t], s = max(t - T/N, 0) (see `transition`).
-
-    The chain's marginals equal the SDE's at every step, and f, G^2 tend to the drift and g^2
-    times T/N as N grows. (The official implementation has no subVP discretization.)
-    """
-    a, G = self.transition(t)
-    return expand_to(a - 1.0, x) * x, G
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -276,12 +281,16 @@ class VESDE(SDE):
   def prior_logp(self, z):
     return _standard_normal_logp(z, self.sigma_max)
 
-  def discretize(self, x, t):
-    """SMLD: x_{i+1} = x_i + sqrt(sigma_{i+1}^2 - sigma_i^2) z, with sigma_{-1} = 0 (Eq. 45)."""
+  def step_sigmas(self, t):
+    """sigma_i and sigma_{i-1} (0 for i = 0) of the discrete step ending at t, each (B,)."""
     index = self.timestep_index(t)
     sigmas = jnp.asarray(self.discrete_sigmas, jnp.float32)
-    previous = jnp.where(index == 0, 0.0, sigmas[jnp.maximum(index - 1, 0)])
-    return jnp.zeros_like(x), jnp.sqrt(sigmas[index] ** 2 - previous**2)
+    return sigmas[index], jnp.where(index == 0, 0.0, sigmas[jnp.maximum(index - 1, 0)])
+
+  def transition(self, t):
+    """SMLD: x_i = x_{i-1} + sqrt(sigma_i^2 - sigma_{i-1}^2) z, with sigma_{-1} = 0 (Eq. 45)."""
+    sigma, previous = self.step_sigmas(t)
+    return jnp.ones_like(sigma), jnp.sqrt(sigma**2 - previous**2)
 
 
 SDES = {'vpsde': VPSDE, 'subvpsde': subVPSDE, 'vesde': VESDE}

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from score_sde.sampling import predictors, streams
+from score_sde.sampling import streams
 
 SOLVERS = {'dopri5': diffrax.Dopri5, 'tsit5': diffrax.Tsit5, 'euler': diffrax.Euler,
            'heun': diffrax.Heun}
@@ -97,7 +97,7 @@ def get_flow_maps(sde, solver: ODESolver = ODESolver(), eps: float = 1e-3,
   from T back to eps; x, z of shape (B, ...), nfe (B,). The two maps are inverse to each other
   up to the solver's tolerance. `continuous=False` declares a score conditioned on discrete
   steps, piecewise constant in t: the adaptive solvers then step to each jump."""
-  _check_eps(sde, eps)
+  sde.check_eps(eps)
   jump_ts = score_jump_times(sde, continuous)
 
   def flow(score_fn, x, t0, t1):
@@ -124,15 +124,9 @@ def get_ode_sampler(sde, solver: ODESolver = ODESolver(), *, noise_removal: bool
     keys = streams.sample_keys(key, first_index, shape[0])
     z = jax.vmap(lambda k: sde.prior_sampling(k, shape[1:]))(streams.fold_in_each(keys, 0))
     x, nfe = decode(score_fn, z)
-    if noise_removal:
-      denoiser = predictors.ReverseDiffusionPredictor(sde, score_fn, probability_flow=False)
-      _, x = denoiser.update(keys, x, jnp.full(shape[0], eps))
-      nfe = nfe + 1
+    if noise_removal:  # the noise-free reverse-diffusion step at eps (paper, Eq. 46)
+      rev_f, _ = sde.reverse(score_fn).discretize(x, jnp.full(shape[0], eps))
+      x, nfe = x - rev_f, nfe + 1
     return x, nfe
 
   return sample
-
-
-def _check_eps(sde, eps):
-  if not 0 < eps < sde.T:
-    raise ValueError(f'eps = {eps} must lie in (0, T = {sde.T}).')

@@ -32,8 +32,7 @@ def get_pc_sampler(sde, predictor: str = 'reverse_diffusion', corrector: str = '
                      "'reverse_diffusion' or 'euler_maruyama' with probability_flow.")
   if n_steps_each < 1:
     raise ValueError(f'n_steps_each = {n_steps_each} must be a positive integer.')
-  if not 0 < eps < sde.T:
-    raise ValueError(f'eps = {eps} must lie in (0, T = {sde.T}).')
+  sde.check_eps(eps)
   correctors.check_step_size_rule(step_size_rule)
 
   def sample(key, score_fn, shape, first_index=0, project=None):

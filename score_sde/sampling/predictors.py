@@ -76,25 +76,18 @@ class AncestralSamplingPredictor(Predictor):
                        f'{type(sde).__name__}.')
     super().__init__(sde, score_fn, probability_flow)
 
-  def _scale_and_stds(self, t):
-    """(a_i, G_i, noise std), each (B,), of the step ending at t."""
+  def _noise_std(self, t, G):
     sde = self.sde
     if isinstance(sde, sde_lib.VPSDE):
-      beta = jnp.asarray(sde.discrete_betas, jnp.float32)[sde.timestep_index(t)]
-      return jnp.sqrt(1.0 - beta), jnp.sqrt(beta), jnp.sqrt(beta)
+      return G
     if isinstance(sde, sde_lib.subVPSDE):
-      a, G = sde.transition(t)
-      ratio = sde.variance(sde.step_start(t)) / sde.variance(t)
-      return a, G, G * jnp.sqrt(ratio)
-    index = sde.timestep_index(t)
-    sigmas = jnp.asarray(sde.discrete_sigmas, jnp.float32)
-    sigma = sigmas[index]
-    previous = jnp.where(index == 0, 0.0, sigmas[jnp.maximum(index - 1, 0)])
-    G = jnp.sqrt(sigma**2 - previous**2)
-    return jnp.ones_like(sigma), G, G * previous / sigma
+      return G * jnp.sqrt(sde.variance(sde.step_start(t)) / sde.variance(t))
+    sigma, previous = sde.step_sigmas(t)
+    return G * previous / sigma
 
   def update(self, keys, x, t):
-    a, G, std = self._scale_and_stds(t)
+    a, G = self.sde.transition(t)
+    std = self._noise_std(t, G)
     x_mean = (x + expand_to(G**2, x) * self.score_fn(x, t)) / expand_to(a, x)
     return x_mean + expand_to(std, x) * streams.normal_like(keys, x), x_mean
 
