@@ -30,9 +30,10 @@ def main(argv):
   if not FLAGS['verbosity'].present:  # orbax logs every save at INFO
     logging.set_verbosity(logging.WARNING)
   # Imported here so that --help answers without loading JAX.
-  from score_sde import evaluate, train
+  from score_sde import config_checks, evaluate, train
 
   config, workdir = FLAGS.config, FLAGS.workdir
+  config_checks.all_fields_known(config)
   if FLAGS.mode == 'train':
     train.train(config, workdir)
     print(f'Training finished. Checkpoints: {os.path.join(workdir, "checkpoints")}; '

@@ -1,6 +1,7 @@
 """Benchmarks, run side by side in one process (this machine is shared: compare ratios).
 
   python scripts/benchmark.py likelihood [--repeats 3] [--batch 16] [--size 16]
+  python scripts/benchmark.py train [--repeats 3] [--batch 16] [--size 16] [--steps 5]
 
 likelihood: bits/dim of a batch of images (size x size x 3) under a small untrained network,
 through the probability-flow ODE with a Hutchinson (Rademacher) divergence, rtol = atol = 1e-5:
@@ -9,8 +10,16 @@ through the probability-flow ODE with a Hutchinson (Rademacher) divergence, rtol
     ODE, calling the same jitted drift-and-divergence function once per evaluation.
 Reports the median wall time of `repeats` runs (compile excluded, and reported separately),
 the NFE of each and their bits/dim, as JSON on stdout.
+
+train: training steps of small versions of the official NCSN++ (VE, continuous) and DDPM++ (VP,
+continuous) CIFAR-10 configs (nf 32, ch_mult (1, 2, 2), two res blocks, attention at 8x8, on
+size x size x 3 images): steps/s and achieved FLOP/s of jitted single steps, with the FLOPs of one
+step from XLA's cost analysis of the compiled step, beside the machine's fp32 matmul peak
+measured in the same run (the best median over square matmuls of a few sizes); and steps/s of the
+same steps run as one lax.scan (n_jitted_steps > 1).
 """
 import argparse
+import importlib
 import json
 import time
 
@@ -19,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import integrate
 
-from score_sde import likelihood, models, sampling
+from score_sde import likelihood, losses, models, sampling
 from score_sde import sde as sde_lib
 from configs import default_toy_configs
 
@@ -111,15 +120,88 @@ def benchmark_likelihood(repeats: int, batch: int, size: int) -> dict:
           'speedup': scipy_result['seconds'] / ours['seconds']}
 
 
+TRAIN_CONFIGS = {'ncsnpp_ve': 'configs.ve.cifar10_ncsnpp_continuous',
+                 'ddpmpp_vp': 'configs.vp.cifar10_ddpmpp_continuous'}
+
+
+def _small_config(module: str, batch: int, size: int):
+  config = importlib.import_module(module).get_config()
+  config.training.batch_size = batch
+  config.data.image_size = size
+  config.model.update(nf=32, ch_mult=(1, 2, 2), num_res_blocks=2, attn_resolutions=(8,))
+  return config
+
+
+def _matmul_peak(repeats: int) -> dict:
+  """Best median fp32 FLOP/s of jitted square matmuls (2 n^3 FLOPs each)."""
+  best = {'flops_per_second': 0.0}
+  for n in (512, 1024, 2048):
+    a = jax.random.normal(jax.random.PRNGKey(n), (n, n), jnp.float32)
+    matmul = jax.jit(lambda a: a @ a)
+    jax.block_until_ready(matmul(a))
+    seconds, _ = _median_seconds(lambda: jax.block_until_ready(matmul(a)), repeats)
+    if 2 * n ** 3 / seconds > best['flops_per_second']:
+      best = {'flops_per_second': 2 * n ** 3 / seconds, 'size': n}
+  return best
+
+
+def _train_throughput(config, steps: int, repeats: int) -> dict:
+  """Steps/s of `steps` updates run one jitted step at a time (n_jitted_steps = 1) and as one
+  lax.scan (n_jitted_steps = steps); FLOPs of one step from XLA's cost analysis."""
+  sde = sde_lib.get_sde(config)
+  optimizer = losses.get_optimizer(config)
+  shape = (config.data.image_size, config.data.image_size, config.data.num_channels)
+  model, variables = models.init_model(jax.random.PRNGKey(0), config, shape)
+  state = losses.init_train_state(jax.random.PRNGKey(1), variables['params'], optimizer)
+  batches = jax.random.uniform(jax.random.PRNGKey(2), (steps, config.training.batch_size, *shape))
+  train_steps = jax.jit(losses.get_train_step(config, sde, model, optimizer))
+  start = time.perf_counter()
+  one_step = train_steps.lower(state, batches[:1]).compile()
+  compile_seconds = time.perf_counter() - start
+  flops = float(one_step.cost_analysis()['flops'])
+  scan = train_steps.lower(state, batches).compile()
+
+  def stepwise():
+    current = state
+    for i in range(steps):
+      current, _ = one_step(current, batches[i:i + 1])
+    return jax.block_until_ready(current)
+
+  stepwise()
+  seconds, _ = _median_seconds(stepwise, repeats)
+  jax.block_until_ready(scan(state, batches))
+  scan_seconds, _ = _median_seconds(lambda: jax.block_until_ready(scan(state, batches)), repeats)
+  parameters = sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(variables['params']))
+  return {'parameters': parameters, 'flops_per_step': flops, 'compile_seconds': compile_seconds,
+          'steps_per_second': steps / seconds, 'flops_per_second': flops * steps / seconds,
+          'scan_steps_per_second': steps / scan_seconds}
+
+
+def benchmark_train(repeats: int, batch: int, size: int, steps: int) -> dict:
+  peak = _matmul_peak(repeats)
+  result = {'benchmark': 'train', 'batch': batch, 'image_size': size, 'steps': steps,
+            'repeats': repeats, 'device': str(jax.devices()[0]), 'matmul_peak': peak}
+  for name, module in TRAIN_CONFIGS.items():
+    throughput = _train_throughput(_small_config(module, batch, size), steps, repeats)
+    throughput['fraction_of_peak'] = throughput['flops_per_second'] / peak['flops_per_second']
+    result[name] = throughput
+  return result
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('benchmark', choices=['likelihood'])
+  parser.add_argument('benchmark', choices=['likelihood', 'train'])
   parser.add_argument('--repeats', type=int, default=3)
   parser.add_argument('--batch', type=int, default=16)
   parser.add_argument('--size', type=int, default=16)
+  parser.add_argument('--steps', type=int, default=5, help='train: steps per timed run')
   args = parser.parse_args()
-  print(json.dumps(benchmark_likelihood(args.repeats, args.batch, args.size), indent=2))
+  if args.benchmark == 'likelihood':
+    result = benchmark_likelihood(args.repeats, args.batch, args.size)
+  else:
+    result = benchmark_train(args.repeats, args.batch, args.size, args.steps)
+  print(json.dumps(result, indent=2))
 
 
 if __name__ == '__main__':

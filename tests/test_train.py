@@ -74,7 +74,7 @@ def test_resumable_fields_may_change(straight_run):
     (lambda c: c.training.update(n_iters=-5), 'training.n_iters = -5 must be a positive'),
     (lambda c: c.training.update(sde='vp'), "training.sde = 'vp' is not supported; allowed"),
     (lambda c: c.data.update(dataset='mnist'), "data.dataset = 'mnist' is not supported"),
-    (lambda c: c.model.update(name='ncsnpp'), "model.name = 'ncsnpp' is not supported"),
+    (lambda c: c.model.update(name='unet'), "model.name = 'unet' is not supported"),
     (lambda c: c.sampling.update(predictor='heun'), "sampling.predictor = 'heun' is not"),
     (lambda c: c.training.__delitem__('log_freq'), 'training.log_freq is missing'),
     (lambda c: c.model.__delitem__('nf'), 'model.nf is missing'),

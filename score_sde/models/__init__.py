@@ -89,4 +89,4 @@ def get_score_fn(sde: sde_lib.SDE, model: nn.Module, variables, train: bool = Fa
 
 
 # Importing the model modules registers them.
-from score_sde.models import mlp  # noqa: E402,F401
+from score_sde.models import ddpm, mlp, ncsnpp, ncsnv2  # noqa: E402,F401

@@ -55,11 +55,5 @@ class MLP(nn.Module):
       h = nn.Dropout(dropout, deterministic=not train)(h)
     out = nn.Dense(int(np.prod(x.shape[1:])))(h).reshape(x.shape)
     if config.model.get('scale_by_sigma', False):
-      if continuous_ve:
-        sigmas = labels
-      else:
-        sigmas = jnp.asarray(np.geomspace(config.model.sigma_max, config.model.sigma_min,
-                                          config.model.num_scales), jnp.float32)[
-                                              labels.astype(jnp.int32)]
-      out = out / sigmas.reshape((-1,) + (1,) * (x.ndim - 1))
+      out = out / layers.label_sigmas(config, labels).reshape((-1,) + (1,) * (x.ndim - 1))
     return out
