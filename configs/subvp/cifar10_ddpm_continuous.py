@@ -1,33 +1,8 @@
 """DDPM architecture (Ho et al. 2020) trained with the sub-VP SDE on CIFAR-10 (continuous time)."""
-from configs.default_cifar10_configs import get_default_configs
+from configs.vp.ddpm import cifar10_continuous as parent
 
 
 def get_config():
-  config = get_default_configs()
-
-  training = config.training
-  training.sde = 'subvpsde'
-  training.continuous = True
-  training.reduce_mean = True
-
-  sampling = config.sampling
-  sampling.method = 'pc'
-  sampling.predictor = 'euler_maruyama'
-  sampling.corrector = 'none'
-
-  data = config.data
-  data.centered = True
-
-  model = config.model
-  model.name = 'ddpm'
-  model.scale_by_sigma = False
-  model.ema_rate = 0.9999
-  model.normalization = 'GroupNorm'
-  model.nonlinearity = 'swish'
-  model.nf = 128
-  model.ch_mult = (1, 2, 2, 2)
-  model.num_res_blocks = 2
-  model.attn_resolutions = (16,)
-  model.resamp_with_conv = True
-  model.conditional = True
+  config = parent.get_config()
+  config.training.sde = 'subvpsde'
   return config

@@ -1,47 +1,9 @@
 """DDPM++ cont. (deep, sub-VP) on CIFAR-10: 8 residual blocks per resolution (Song et al.
 2021, Table 3)."""
-from configs.default_cifar10_configs import get_default_configs
+from configs.vp import cifar10_ddpmpp_deep_continuous as parent
 
 
 def get_config():
-  config = get_default_configs()
-
-  training = config.training
-  training.sde = 'subvpsde'
-  training.continuous = True
-  training.reduce_mean = True
-  training.n_iters = 950001
-
-  sampling = config.sampling
-  sampling.method = 'pc'
-  sampling.predictor = 'euler_maruyama'
-  sampling.corrector = 'none'
-
-  data = config.data
-  data.centered = True
-
-  model = config.model
-  model.name = 'ncsnpp'
-  model.scale_by_sigma = False
-  model.ema_rate = 0.9999
-  model.normalization = 'GroupNorm'
-  model.nonlinearity = 'swish'
-  model.nf = 128
-  model.ch_mult = (1, 2, 2, 2)
-  model.num_res_blocks = 8
-  model.attn_resolutions = (16,)
-  model.resamp_with_conv = True
-  model.conditional = True
-  model.fir = False
-  model.fir_kernel = [1, 3, 3, 1]
-  model.skip_rescale = True
-  model.resblock_type = 'biggan'
-  model.progressive = 'none'
-  model.progressive_input = 'none'
-  model.progressive_combine = 'sum'
-  model.attention_type = 'ddpm'
-  model.embedding_type = 'positional'
-  model.fourier_scale = 16.
-  model.init_scale = 0.
-  model.conv_size = 3
+  config = parent.get_config()
+  config.training.sde = 'subvpsde'
   return config

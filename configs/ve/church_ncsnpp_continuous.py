@@ -1,45 +1,9 @@
 """NCSN++ cont. (VE SDE) on LSUN church_outdoor, 256x256."""
-from configs.default_lsun_configs import get_default_configs
+from configs.ve import bedroom_ncsnpp_continuous as parent
 
 
 def get_config():
-  config = get_default_configs()
-
-  training = config.training
-  training.sde = 'vesde'
-  training.continuous = True
-
-  sampling = config.sampling
-  sampling.method = 'pc'
-  sampling.predictor = 'reverse_diffusion'
-  sampling.corrector = 'langevin'
-  sampling.eps = 1e-5  # the official sampling eps of VE SDEs
-
-  data = config.data
-  data.category = 'church_outdoor'
-
-  model = config.model
-  model.name = 'ncsnpp'
-  model.scale_by_sigma = True
-  model.ema_rate = 0.999
-  model.sigma_max = 380.
-  model.normalization = 'GroupNorm'
-  model.nonlinearity = 'swish'
-  model.nf = 128
-  model.ch_mult = (1, 1, 2, 2, 2, 2, 2)
-  model.num_res_blocks = 2
-  model.attn_resolutions = (16,)
-  model.resamp_with_conv = True
-  model.conditional = True
-  model.fir = True
-  model.fir_kernel = [1, 3, 3, 1]
-  model.skip_rescale = True
-  model.resblock_type = 'biggan'
-  model.progressive = 'output_skip'
-  model.progressive_input = 'input_skip'
-  model.progressive_combine = 'sum'
-  model.attention_type = 'ddpm'
-  model.fourier_scale = 16.
-  model.init_scale = 0.
-  model.conv_size = 3
+  config = parent.get_config()
+  config.data.category = 'church_outdoor'
+  config.model.sigma_max = 380.
   return config

@@ -1,38 +1,8 @@
 """DDPM (Ho et al. 2020) on LSUN church_outdoor, 256x256."""
-from configs.default_lsun_configs import get_default_configs
+from configs.vp.ddpm import bedroom as parent
 
 
 def get_config():
-  config = get_default_configs()
-
-  training = config.training
-  training.sde = 'vpsde'
-  training.continuous = False
-  training.reduce_mean = True
-
-  sampling = config.sampling
-  sampling.method = 'pc'
-  sampling.predictor = 'ancestral_sampling'
-  sampling.corrector = 'none'
-
-  data = config.data
-  data.category = 'church_outdoor'
-  data.centered = True
-
-  model = config.model
-  model.name = 'ddpm'
-  model.scale_by_sigma = False
-  model.ema_rate = 0.9999
-  model.num_scales = 1000
-  model.normalization = 'GroupNorm'
-  model.nonlinearity = 'swish'
-  model.nf = 128
-  model.ch_mult = (1, 1, 2, 2, 4, 4)
-  model.num_res_blocks = 2
-  model.attn_resolutions = (16,)
-  model.resamp_with_conv = True
-  model.conditional = True
-
-  optim = config.optim
-  optim.lr = 2e-5
+  config = parent.get_config()
+  config.data.category = 'church_outdoor'
   return config
