@@ -1,5 +1,5 @@
 # `make demo`: set up .venv and train + evaluate the embedded default (2-D toy, CPU, ~2 minutes).
-# `make test`: set up .venv and run the whole test suite.
+# `make test`: set up .venv and run the whole test suite (two pytest-xdist workers).
 PYTHON ?= python3
 VENV ?= .venv
 DEMO_WORKDIR ?= runs/demo
@@ -19,7 +19,7 @@ demo: install
 	$(VENV)/bin/score-sde --workdir $(DEMO_WORKDIR) --mode eval
 
 test: install
-	$(VENV)/bin/python -m pytest -q tests
+	$(VENV)/bin/python -m pytest -q -n 2 --dist loadfile tests
 
 clean:
 	rm -rf $(VENV) *.egg-info

@@ -19,9 +19,10 @@ setup(
         'tensorboardX',
         'tqdm',
         'pillow',
+        'scikit-learn',
         'matplotlib',
         'numpy',
     ],
-    extras_require={'test': ['pytest', 'scipy']},
+    extras_require={'test': ['pytest', 'pytest-xdist', 'scipy']},
     entry_points={'console_scripts': ['score-sde=score_sde.main:run']},
 )

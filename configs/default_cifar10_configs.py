@@ -7,6 +7,7 @@ sampler (config.sampling), the likelihood solver (config.likelihood), the bits/d
 official experiment configs set. The CelebA and LSUN defaults are these with their own changes.
 """
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 
 def get_default_configs():
@@ -58,6 +59,9 @@ def get_default_configs():
   evaluate.bpd_dataset = 'test'
   evaluate.bpd_num_samples = 10000  # the whole test split
   evaluate.bpd_num_repeats = 5  # passes with fresh dequantization noise, as the official
+  # Optional paths: placeholders, so that --config.eval.fid_stats=... can set them.
+  evaluate.inception_weights = placeholder(str)  # pytorch-fid's pt_inception-2015-12-05 .pth
+  evaluate.fid_stats = placeholder(str)  # scripts/fid_stats.py output; None: no FID / KID
 
   config.data = data = ml_collections.ConfigDict()
   data.dataset = 'CIFAR10'
@@ -67,6 +71,10 @@ def get_default_configs():
   data.uniform_dequantization = False  # of the training data
   data.dequantization = 'uniform'  # of the bits/dim data: 8-bit images
   data.num_channels = 3
+  data.data_dir = placeholder(str)  # tfds data_dir of the array_record files (None: tfds default)
+  data.path = placeholder(str)  # 'folder' / 'npz' / FFHQ / CelebAHQ data
+  data.shuffle_seed = placeholder(int)  # None: config.seed
+  data.num_epochs = placeholder(int)  # None: endless
 
   config.model = model = ml_collections.ConfigDict()
   model.sigma_min = 0.01

@@ -17,6 +17,7 @@ def get_default_configs():
   training.log_freq = 500
   training.eval_freq = 1000
   training.snapshot_freq = 5000
+  training.snapshot_freq_for_preemption = 1000  # overwritten checkpoints for preemption
   training.snapshot_sampling = True
 
   config.sampling = sampling = ml_collections.ConfigDict()
@@ -44,9 +45,14 @@ def get_default_configs():
   likelihood.eps = 1e-5
 
   config.eval = evaluate = ml_collections.ConfigDict()
+  evaluate.begin_ckpt = 2  # checkpoint k = step k * training.snapshot_freq: the final one
+  evaluate.end_ckpt = 2
   evaluate.batch_size = 10000
   evaluate.num_samples = 10000
+  evaluate.enable_loss = True
+  evaluate.enable_sampling = True
   evaluate.enable_bpd = True
+  evaluate.bpd_dataset = 'test'
   evaluate.bpd_num_samples = 2000  # test points whose likelihood is computed
   evaluate.bpd_num_repeats = 1  # passes over them (fresh dequantization and probes)
 

@@ -57,6 +57,10 @@ FIELDS = {
         'enable_loss': 'compute the test loss',
         'begin_ckpt': 'first checkpoint evaluated',
         'end_ckpt': 'last checkpoint evaluated',
+        'inception_weights': "pytorch-fid's FID Inception weights (.pth; None: "
+                             '$SCORE_SDE_INCEPTION_WEIGHTS)',
+        'fid_stats': 'reference statistics (.npz of scripts/fid_stats.py) for FID and KID; None: '
+                     'no FID / KID',
     },
     'data': {
         'dataset': 'registered dataset name (datasets.registered_datasets())',
@@ -68,6 +72,10 @@ FIELDS = {
         'random_flip': 'random horizontal flips of training images',
         'uniform_dequantization': 'add uniform noise to the 8-bit training images',
         'dequantization': "bits/dim data: 'uniform' (8-bit images) | 'none' (continuous data)",
+        'data_dir': 'tfds data_dir holding the prepared array_record datasets (None: tfds default)',
+        'path': "'folder' / 'npz' / FFHQ / CelebAHQ: the image folder or .npz file",
+        'shuffle_seed': 'seed of the training shuffle, flips and dequantization (None: seed)',
+        'num_epochs': 'passes over the training split (None: endless)',
     },
     'model': {
         'name': 'registered model name (models.registered_models())',

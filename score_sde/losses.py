@@ -1,7 +1,8 @@
 """Score-matching losses, the optimizer, and the train / eval step factories.
 
-Losses are per-batch means of a per-sample loss; `reduce_mean` averages the squared error over data
-dimensions, otherwise it is summed and halved (the official convention).
+The loss functions return per-example losses (B,); training minimises their batch mean.
+`reduce_mean` averages the squared error over data dimensions, otherwise it is summed and halved
+(the official convention).
 """
 from typing import Callable
 
@@ -28,7 +29,7 @@ def continuous_dsm_loss(key, x0, score_fn, sde: sde_lib.SDE, *, reduce_mean: boo
   x(t) = mean(x0, t) + std(t) z. Default weighting lambda(t) = std(t)^2 gives the loss
   |std s(x(t), t) + z|^2; likelihood weighting lambda(t) = g(t)^2 (Song et al. 2021b) gives
   g(t)^2 |s(x(t), t) + z / std|^2. `score_fn(x, t, rng)` takes an rng for dropout.
-  Returns the scalar batch mean.
+  Returns the per-example losses (B,).
   """
   t_key, z_key, dropout_key = jax.random.split(key, 3)
   t = jax.random.uniform(t_key, (x0.shape[0],), minval=eps, maxval=sde.T)
@@ -40,7 +41,7 @@ def continuous_dsm_loss(key, x0, score_fn, sde: sde_lib.SDE, *, reduce_mean: boo
     losses = _reduce(jnp.square(score + z / sde_lib.expand_to(std, x0)), reduce_mean) * g2
   else:
     losses = _reduce(jnp.square(score * sde_lib.expand_to(std, x0) + z), reduce_mean)
-  return jnp.mean(losses)
+  return losses
 
 
 def smld_loss(key, x0, model_fn, vesde: sde_lib.VESDE, *, reduce_mean: bool) -> jax.Array:
@@ -52,7 +53,7 @@ def smld_loss(key, x0, model_fn, vesde: sde_lib.VESDE, *, reduce_mean: bool) -> 
   noise = sde_lib.expand_to(sigmas, x0) * jax.random.normal(z_key, x0.shape)
   score = model_fn(x0 + noise, labels, dropout_key)
   target = -noise / sde_lib.expand_to(sigmas**2, x0)
-  return jnp.mean(_reduce(jnp.square(score - target), reduce_mean) * sigmas**2)
+  return _reduce(jnp.square(score - target), reduce_mean) * sigmas**2
 
 
 def ddpm_loss(key, x0, model_fn, vpsde: sde_lib.VPSDE, *, reduce_mean: bool) -> jax.Array:
@@ -64,11 +65,13 @@ def ddpm_loss(key, x0, model_fn, vpsde: sde_lib.VPSDE, *, reduce_mean: bool) -> 
   noise_scale = jnp.asarray(vpsde.sqrt_1m_alphas_cumprod, jnp.float32)[labels]
   perturbed = sde_lib.expand_to(signal, x0) * x0 + sde_lib.expand_to(noise_scale, x0) * noise
   prediction = model_fn(perturbed, labels, dropout_key)
-  return jnp.mean(_reduce(jnp.square(prediction - noise), reduce_mean))
+  return _reduce(jnp.square(prediction - noise), reduce_mean)
 
 
-def get_loss_fn(config, sde: sde_lib.SDE, model, train: bool) -> Callable:
-  """loss_fn(params, key, x0) -> scalar loss, as selected by config.training.
+def get_loss_fn(config, sde: sde_lib.SDE, model, train: bool,
+                per_example: bool = False) -> Callable:
+  """loss_fn(params, key, x0) -> the batch-mean loss (or the per-example losses (B,) with
+  per_example=True), as selected by config.training.
 
   Raises ValueError, before anything is compiled, for combinations with no loss: discrete
   training of subVP, or likelihood weighting with discrete training.
@@ -83,7 +86,7 @@ def get_loss_fn(config, sde: sde_lib.SDE, model, train: bool) -> Callable:
     raise ValueError(f'Config field training.continuous = False is only supported for '
                      f"training.sde in ['vesde', 'vpsde'], not {type(sde).__name__}.")
 
-  def loss_fn(params, key, x0):
+  def example_losses(params, key, x0):
     variables = {'params': params}
     if continuous:
       score_fn = models_lib.get_score_fn(sde, model, variables, train=train, continuous=True)
@@ -93,7 +96,9 @@ def get_loss_fn(config, sde: sde_lib.SDE, model, train: bool) -> Callable:
     discrete_loss = smld_loss if isinstance(sde, sde_lib.VESDE) else ddpm_loss
     return discrete_loss(key, x0, model_fn, sde, reduce_mean=reduce_mean)
 
-  return loss_fn
+  if per_example:
+    return example_losses
+  return lambda params, key, x0: jnp.mean(example_losses(params, key, x0))
 
 
 def get_optimizer(config) -> optax.GradientTransformation:
@@ -171,8 +176,8 @@ def get_train_step(config, sde, model, optimizer) -> Callable:
 
 
 def get_eval_step(config, sde, model) -> Callable:
-  """eval_step(state, key, x0) -> scalar loss of the EMA parameters (no dropout)."""
-  loss_fn = get_loss_fn(config, sde, model, train=False)
+  """eval_step(state, key, x0) -> per-example losses (B,) of the EMA parameters (no dropout)."""
+  loss_fn = get_loss_fn(config, sde, model, train=False, per_example=True)
 
   def eval_step(state: TrainState, key, x0):
     return loss_fn(state.params_ema, key, x0)

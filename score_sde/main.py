@@ -5,6 +5,11 @@
   score-sde --config configs/toy/vp.py --config.training.batch_size=64 ...   (field overrides)
 
 Without --config the embedded default configs/toy/vp.py is used.
+
+Several hosts: start the same command on each with --coordinator_address=host:port
+--num_processes=N --process_id=i (or the JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES /
+JAX_PROCESS_ID environment variables); every device of every host then trains one data-parallel
+model. The workdir must be on a file system all hosts share.
 """
 import os
 
@@ -21,6 +26,11 @@ config_flags.DEFINE_config_file('config', DEFAULT_CONFIG, 'Experiment config fil
 flags.DEFINE_string('workdir', None, 'Run directory: checkpoints, metrics, samples.')
 flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'sample'], 'What to run.')
 flags.DEFINE_string('eval_folder', 'eval', 'Sub-directory of workdir for eval/sample outputs.')
+flags.DEFINE_float('watch_timeout', 0.0, '--mode eval: seconds to wait for a checkpoint of the '
+                   'eval.begin_ckpt..end_ckpt range that training has not written yet (0: none).')
+flags.DEFINE_string('coordinator_address', None, 'Multi-host runs: host:port of process 0.')
+flags.DEFINE_integer('num_processes', None, 'Multi-host runs: number of processes.')
+flags.DEFINE_integer('process_id', None, 'Multi-host runs: index of this process.')
 flags.mark_flags_as_required(['workdir'])
 
 
@@ -30,6 +40,9 @@ def main(argv):
   if not FLAGS['verbosity'].present:  # orbax logs every save at INFO
     logging.set_verbosity(logging.WARNING)
   # Imported here so that --help answers without loading JAX.
+  from score_sde import parallel
+  parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
+                                  FLAGS.process_id)
   from score_sde import config_checks, evaluate, train
 
   config, workdir = FLAGS.config, FLAGS.workdir
@@ -40,7 +53,7 @@ def main(argv):
           f'metrics: {os.path.join(workdir, "metrics.jsonl")}; '
           f'snapshot samples: {os.path.join(workdir, "samples")}')
   elif FLAGS.mode == 'eval':
-    evaluate.evaluate(config, workdir, FLAGS.eval_folder)
+    evaluate.evaluate(config, workdir, FLAGS.eval_folder, watch_timeout=FLAGS.watch_timeout)
   else:
     evaluate.sample(config, workdir, FLAGS.eval_folder)
 

@@ -494,7 +494,7 @@ def convert_to_workdir(config, path: str, workdir_path: str, fmt: Optional[str] 
                             params=_cast_like(checkpoint.params, initial.params),
                             params_ema=_cast_like(params_ema, initial.params),
                             opt_state=opt_state)
-    store.save(checkpoint.step, state, datasets.get_dataset(config, 'train').get_state())
+    store.save(checkpoint.step, state, train.data_state(*train.data_iterators(config)))
     store.wait()
   finally:
     store.close()

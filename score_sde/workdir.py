@@ -35,10 +35,16 @@ def _defining_fields(config_dict: dict) -> dict:
           if k not in RESUMABLE_FIELDS and not k.startswith(RESUMABLE_SECTIONS)}
 
 
+def changed_fields(old: dict, new: dict) -> list:
+  """Dotted paths of the fields that differ between two nested dicts. An absent field equals None:
+  an optional field added to a config later does not change its experiment."""
+  old, new = _flatten(old), _flatten(new)
+  return sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+
+
 def config_differences(old: dict, new: dict) -> list:
   """Fields (dotted paths) that define the experiment and differ between two config dicts."""
-  old, new = _defining_fields(old), _defining_fields(new)
-  return sorted(k for k in old.keys() | new.keys() if old.get(k, '<absent>') != new.get(k, '<absent>'))
+  return changed_fields(_defining_fields(old), _defining_fields(new))
 
 
 def check_or_record_config(config: ml_collections.ConfigDict, workdir: str,

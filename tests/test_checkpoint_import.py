@@ -350,7 +350,7 @@ def test_convert_script_writes_a_raw_ema_checkpoint(tmp_path):
   store = checkpoints.CheckpointStore(os.path.join(workdir, 'checkpoints'))
   state, data_state = store.restore(4, experiment.initial_state)
   store.close()
-  assert data_state == {'next_batch': 0}
+  assert data_state == {'train': {'next_batch': 0}, 'eval': {'next_batch': 0}}  # fresh iterators
   assert_trees_equal(state.params, raw)
   assert_trees_equal(state.params_ema, raw)  # --use raw: evaluation uses the raw parameters
 

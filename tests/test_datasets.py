@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from score_sde import datasets
+from score_sde import datasets, train
 
 from .helpers import tiny_config
 
@@ -79,4 +79,4 @@ def test_bad_dataset_config_is_refused(field, value, message):
   section, key = field.split('.')
   config[section][key] = value
   with pytest.raises(ValueError, match=message):
-    datasets.get_dataset(config, 'train')
+    train.data_iterators(config)

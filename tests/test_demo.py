@@ -22,7 +22,9 @@ def demo_report(tmp_path_factory):
   config = vp.get_config()
   workdir = str(tmp_path_factory.mktemp('demo'))
   train.train(config, workdir)
-  return evaluate.evaluate(config, workdir)
+  reports = evaluate.evaluate(config, workdir)
+  assert [r['step'] for r in reports] == [10000]  # the final checkpoint (eval.begin/end_ckpt 2)
+  return reports[0]
 
 
 def test_demo_samples_match_the_data(demo_report):

@@ -42,9 +42,9 @@ def expected_minimum(sde, likelihood_weighting, eps=1e-5):
 
 def sample_loss(sde, score_fn, n_batches=20, batch=20000, **kwargs):
   """Per-batch losses on fresh Gaussian data; their mean and standard error."""
-  loss = jax.jit(lambda key: losses.continuous_dsm_loss(
+  loss = jax.jit(lambda key: jnp.mean(losses.continuous_dsm_loss(
       key, MU + S * jax.random.normal(jax.random.fold_in(key, 7), (batch, DIM)), score_fn, sde,
-      **kwargs))
+      **kwargs)))
   values = np.array([loss(jax.random.PRNGKey(i)) for i in range(n_batches)])
   return values, values.mean(), values.std() / np.sqrt(n_batches)
 
@@ -86,9 +86,9 @@ def test_ddpm_loss_minimum_with_exact_noise_prediction():
     ai, bi = jnp.asarray(a, jnp.float32)[labels], jnp.asarray(b, jnp.float32)[labels]
     return bi[:, None] * (x - (ai * MU)[:, None]) / (ai**2 * S**2 + bi**2)[:, None]
 
-  loss = jax.jit(lambda key: losses.ddpm_loss(
+  loss = jax.jit(lambda key: jnp.mean(losses.ddpm_loss(
       key, MU + S * jax.random.normal(jax.random.fold_in(key, 7), (50000, DIM)), model_fn, sde,
-      reduce_mean=True))
+      reduce_mean=True)))
   values = np.array([loss(jax.random.PRNGKey(i)) for i in range(10)])
   expected = np.mean(a**2 * S**2 / (a**2 * S**2 + b**2))
   assert abs(values.mean() - expected) < 4 * values.std() / np.sqrt(10) + 1e-4
@@ -102,9 +102,9 @@ def test_smld_loss_minimum_with_exact_score():
     sigma = jnp.asarray(sigmas_desc, jnp.float32)[labels]
     return -(x - MU) / (S**2 + sigma**2)[:, None]
 
-  loss = jax.jit(lambda key: losses.smld_loss(
+  loss = jax.jit(lambda key: jnp.mean(losses.smld_loss(
       key, MU + S * jax.random.normal(jax.random.fold_in(key, 7), (50000, DIM)), model_fn, sde,
-      reduce_mean=True))
+      reduce_mean=True)))
   values = np.array([loss(jax.random.PRNGKey(i)) for i in range(10)])
   expected = np.mean(S**2 / (S**2 + sigmas_desc**2))
   assert abs(values.mean() - expected) < 4 * values.std() / np.sqrt(10) + 1e-4

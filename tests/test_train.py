@@ -1,5 +1,11 @@
-"""The training driver: resume, workdir guards, up-front config errors, non-finite losses."""
+"""The training driver: resume (also after SIGKILL and from damaged checkpoints), the two
+checkpoint directories, workdir guards, up-front config errors, non-finite losses."""
 import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import jax
 import numpy as np
@@ -8,6 +14,8 @@ import pytest
 from score_sde import checkpoints, metrics_log, train
 
 from .helpers import tiny_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def checkpoint_steps(workdir):
@@ -96,3 +104,91 @@ def test_non_finite_loss_stops_the_run_and_keeps_good_checkpoints(tmp_path):
   with pytest.raises(FloatingPointError, match=r'Training loss is (nan|inf) at step \d+'):
     train.train(config, str(tmp_path))
   assert checkpoint_steps(str(tmp_path)) == []
+
+
+def run_worker(workdir: str, n_iters: int, out: str, *overrides: str) -> subprocess.Popen:
+  return subprocess.Popen([sys.executable, '-m', 'tests.train_worker', workdir, str(n_iters), out,
+                           '--override', *overrides], cwd=ROOT, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+
+
+PREEMPTED = dict(n_iters=120, snapshot_freq=40, snapshot_freq_for_preemption=5)
+
+
+@pytest.fixture(scope='module')
+def uninterrupted_preempted_run(tmp_path_factory):
+  config = tiny_config()
+  config.training.update(**PREEMPTED)
+  workdir = str(tmp_path_factory.mktemp('uninterrupted'))
+  return config, workdir, train.train(config, workdir)
+
+
+def test_keep_policy_of_the_two_checkpoint_directories(uninterrupted_preempted_run):
+  _, workdir, _ = uninterrupted_preempted_run
+  assert checkpoint_steps(workdir) == [40, 80, 120]
+  # checkpoints-meta keeps only its newest step; steps saved in checkpoints/ are not repeated.
+  assert os.listdir(os.path.join(workdir, 'checkpoints-meta')) == ['115']
+
+
+def test_run_killed_at_any_moment_resumes_bitwise(uninterrupted_preempted_run, tmp_path):
+  config, _, straight = uninterrupted_preempted_run
+  overrides = [f'training.{k}={v}' for k, v in PREEMPTED.items() if k != 'n_iters']
+  workdir = str(tmp_path / 'killed')
+  worker = run_worker(workdir, PREEMPTED['n_iters'], str(tmp_path / 'unused.npz'), *overrides)
+  meta = os.path.join(workdir, 'checkpoints-meta')
+  deadline = time.monotonic() + 120
+  while not (os.path.isdir(meta) and any(name.isdigit() for name in os.listdir(meta))):
+    assert worker.poll() is None and time.monotonic() < deadline, worker.stderr.read()
+    time.sleep(0.01)
+  time.sleep(0.3)  # a few checkpoints into the run, while it trains and saves
+  worker.send_signal(signal.SIGKILL)
+  assert worker.wait() == -signal.SIGKILL  # killed before the end
+  saved = checkpoints.TrainingCheckpoints(workdir)
+  assert 0 < max(saved.kept.steps() + saved.preemption.steps()) < PREEMPTED['n_iters']
+  saved.close()
+  resumed = train.train(config, workdir)
+  jax.tree.map(np.testing.assert_array_equal, resumed, straight)
+
+
+def test_unreadable_latest_checkpoint_falls_back_to_the_previous_one(straight_run, tmp_path):
+  config, straight_workdir, straight_state = straight_run
+  workdir = str(tmp_path / 'run')
+  shutil.copytree(straight_workdir, workdir)
+  damaged = os.path.join(workdir, 'checkpoints', '20')
+  for folder, _, files in os.walk(os.path.join(damaged, 'state')):
+    for name in files:
+      with open(os.path.join(folder, name), 'wb') as f:
+        f.write(b'\0garbage')
+  with pytest.warns(UserWarning, match=r'Checkpoint step 20 .* cannot be read'):
+    resumed = train.train(config, workdir)
+  # Step 10 was restored and the last ten steps trained again, to the same result.
+  jax.tree.map(np.testing.assert_array_equal, resumed, straight_state)
+  assert os.path.isdir(damaged + '.unreadable')  # set aside, not deleted
+  assert checkpoint_steps(workdir) == [10, 20]
+
+
+def test_learning_and_ema_rates_come_from_the_config_on_resume(straight_run, tmp_path):
+  config, straight_workdir, _ = straight_run
+  workdir = str(tmp_path / 'run')
+  shutil.copytree(straight_workdir, workdir)
+  store = checkpoints.CheckpointStore(os.path.join(workdir, 'checkpoints'))
+  saved, _ = store.restore(20, train.build_experiment(config).initial_state)
+  store.close()
+  config = tiny_config()
+  config.training.n_iters = 25
+  config.optim.lr = 1e-30  # no visible parameter change
+  config.model.ema_rate = 0.0  # EMA = the parameters
+  resumed = train.train(config, workdir)
+  jax.tree.map(np.testing.assert_array_equal, resumed.params, saved.params)
+  jax.tree.map(np.testing.assert_array_equal, resumed.params_ema, saved.params)
+
+
+def test_checkpoint_steps_are_exact_with_several_steps_per_call(tmp_path):
+  config = tiny_config()
+  config.training.update(n_jitted_steps=7, n_iters=24, snapshot_freq=10)
+  train.train(config, str(tmp_path))
+  assert checkpoint_steps(str(tmp_path)) == [10, 20, 24]
+  store = checkpoints.CheckpointStore(os.path.join(str(tmp_path), 'checkpoints'))
+  like = train.build_experiment(config).initial_state
+  assert [int(store.restore(s, like)[0].step) for s in (10, 20, 24)] == [10, 20, 24]
+  store.close()

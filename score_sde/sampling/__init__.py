@@ -55,15 +55,19 @@ def get_sampler(config, sde, continuous: bool = True):
                                           correctors.STEP_SIZE_RULES))
 
 
-def get_model_sampler(config, sde, model, shape):
+def get_model_sampler(config, sde, model, shape, sharding=None):
   """Jitted draw(variables, key, first_index=0) -> (samples of `shape`, nfe) from a trained model,
-  with the score convention of config.training.continuous."""
+  with the score convention of config.training.continuous. `sharding` (e.g. batch-sharded over a
+  device mesh) lays out the samples, and with them the sampling work, over the devices."""
   continuous = bool(config_checks.get(config, 'training.continuous'))
   sampler = get_sampler(config, sde, continuous)
 
   @jax.jit
   def draw(variables, key, first_index=0):
     score_fn = models_lib.get_score_fn(sde, model, variables, train=False, continuous=continuous)
-    return sampler(key, score_fn, shape, first_index)
+    samples, nfe = sampler(key, score_fn, shape, first_index)
+    if sharding is not None:
+      samples = jax.lax.with_sharding_constraint(samples, sharding)
+    return samples, nfe
 
   return draw
