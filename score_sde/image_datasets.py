@@ -4,7 +4,9 @@ Sources (`data.dataset`):
   CIFAR10, SVHN, CELEBA, LSUN   tensorflow-datasets `data_source` (array_record files prepared
                                 under data.data_dir; tfds names cifar10, svhn_cropped, celeb_a,
                                 lsun/<data.category>)
-  FFHQ, CelebAHQ, folder        image files (png, jpg, jpeg, bmp, webp) under data.path, recursively
+  FFHQ, CelebAHQ, folder        image files (png, jpg, jpeg, bmp, webp) under data.path
+                                (recursively); FFHQ / CelebAHQ also the official StyleGAN
+                                TFRecord file at data.tfrecords_path (score_sde/tfrecords.py)
   npz                           an .npz at data.path: 'train' and 'test' uint8 (N, H, W, C) arrays
                                 (with optional 'train_label' / 'test_label'), or one 'x' array
                                 (with optional 'label')
@@ -12,8 +14,8 @@ Sources (`data.dataset`):
                                 channel, labels 0-9), no download
 
 Splits: 'test' is CelebA's and LSUN's validation split. Sources with no split of their own (a
-folder, an .npz with one 'x' array, the digits) hold out every tenth example (index % 10 == 9) as
-'test', in sorted-file or array order.
+folder, a TFRecord file, an .npz with one 'x' array, the digits) hold out every tenth example
+(index % 10 == 9) as 'test', in sorted-file, record or array order.
 
 Preprocessing, as the official code (Song et al. 2021): CIFAR10 / SVHN / digits resized to
 image_size if it differs; CELEBA centre-cropped to 140 x 140, then resized; LSUN, FFHQ, CelebAHQ,
@@ -30,7 +32,7 @@ import grain
 import numpy as np
 from PIL import Image
 
-from score_sde import config_checks
+from score_sde import config_checks, tfrecords
 
 TFDS_DATASETS = ('CIFAR10', 'SVHN', 'CELEBA', 'LSUN')
 FILE_DATASETS = ('FFHQ', 'CelebAHQ', 'folder', 'npz')
@@ -114,9 +116,6 @@ def _path(config) -> str:
 
 def _folder_source(config, split: str) -> _FileSource:
   root = _path(config)
-  if config.data.get('tfrecords_path'):
-    raise ValueError('data.tfrecords_path is set, but TFRecords need TensorFlow; unpack the '
-                     'images into a folder (or an .npz) and set data.path instead.')
   paths = sorted(p for p in glob.glob(os.path.join(root, '**', '*'), recursive=True)
                  if p.lower().endswith(IMAGE_EXTENSIONS))
   if not paths:
@@ -145,6 +144,14 @@ def _digits_source(split: str) -> _ArraySource:
   return _ArraySource(images[keep], digits.target[keep].astype(np.int32))
 
 
+def _tfrecord_source(config, split: str) -> tfrecords.TFRecordImages:
+  path = config.data.tfrecords_path
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'data.tfrecords_path = {path!r} does not exist.')
+  return tfrecords.TFRecordImages(path, _holdout(np.arange(len(tfrecords.record_spans(path))),
+                                                 split))
+
+
 def open_source(config, split: str):
   """The random-access source of examples {'image': uint8 (H, W, C), maybe 'label'} of a split."""
   dataset = config.data.dataset
@@ -152,6 +159,9 @@ def open_source(config, split: str):
     return _open_tfds(config, split)
   if dataset == 'digits':
     return _digits_source(split)
+  if (dataset in ('FFHQ', 'CelebAHQ') and not config.data.get('path') and
+      config.data.get('tfrecords_path')):
+    return _tfrecord_source(config, split)
   if dataset == 'npz' or (dataset in ('FFHQ', 'CelebAHQ') and
                           str(config.data.get('path', '')).endswith('.npz')):
     return _npz_source(config, split)
