@@ -167,9 +167,34 @@ def _available_steps(store: checkpoints.CheckpointStore, wanted: list, watch_tim
     print(f'Not evaluated (no checkpoint in {store.directory}): steps {pending}')
 
 
-def _eval_loss(config, plan: _Plan, experiment, state, mesh) -> dict:
+class _Programs:
+  """The jitted programs of an evaluation, compiled once for all its checkpoints: per-example
+  losses, bits/dim, and a sampler of eval.batch_size samples (as far as the plan uses them)."""
+
+  def __init__(self, config, plan: _Plan, experiment, mesh):
+    sde, model = experiment.sde, experiment.model
+    if plan.enable_loss:
+      self.example_losses = jax.jit(losses.get_eval_step(config, sde, model))
+    if plan.enable_bpd:
+      self.bpd_fn = likelihood.get_model_bpd_fn(config, sde, model)
+    if plan.enable_sampling:
+      self.draw = _get_sampler(config, experiment, mesh)
+
+
+def _sample_batch(config) -> int:
+  num_samples = config_checks.positive_int(config, 'eval.num_samples')
+  return _batch_for(num_samples, config_checks.positive_int(config, 'eval.batch_size'))
+
+
+def _get_sampler(config, experiment, mesh):
+  """Jitted draw of a global batch of samples (see `_sample_batch`), split over the mesh."""
+  return sampling.get_model_sampler(config, experiment.sde, experiment.model,
+                                    (_sample_batch(config), *datasets.data_shape(config)),
+                                    sharding=parallel.batch_sharded(mesh))
+
+
+def _eval_loss(config, plan: _Plan, example_losses, state, mesh) -> dict:
   """Mean per-example EMA loss over the whole test split (2-D data: eval.num_samples points)."""
-  example_losses = jax.jit(losses.get_eval_step(config, experiment.sde, experiment.model))
   scaler = datasets.get_data_scaler(config)
   num = plan.num_samples if plan.toy else datasets.num_examples(config, 'test')
   batch = _batch_for(num, plan.batch_size)
@@ -186,13 +211,13 @@ def _eval_loss(config, plan: _Plan, experiment, state, mesh) -> dict:
   return {'test_loss': total / count, 'test_loss_num_examples': count}
 
 
-def _bits_per_dim(config, plan: _Plan, experiment, state, mesh, out: str) -> dict:
+def _bits_per_dim(config, plan: _Plan, bpd_fn, state, mesh, out: str) -> dict:
   """Bits/dim of every example of the split (or its first eval.bpd_num_samples) through the
   probability-flow ODE, eval.bpd_num_repeats passes with fresh dequantization noise and probes;
   the mean over all values and its standard error."""
-  bpd_fn = likelihood.get_model_bpd_fn(config, experiment.sde, experiment.model)
-  num = datasets.num_examples(config, plan.bpd_split) or plan.bpd_max_examples
-  num = min(num, plan.bpd_max_examples or num)
+  num = datasets.num_examples(config, plan.bpd_split)  # None for toy data (then capped)
+  if plan.bpd_max_examples is not None:
+    num = plan.bpd_max_examples if num is None else min(num, plan.bpd_max_examples)
   batch = _batch_for(num, plan.batch_size)
   key = jax.random.PRNGKey(config_checks.get(config, 'seed') + 5)
   variables = {'params': state.params_ema}
@@ -227,17 +252,14 @@ def _to_file_format(samples: np.ndarray, toy: bool) -> np.ndarray:
   return np.clip(np.round(samples * 255.0), 0, 255).astype(np.uint8)
 
 
-def _draw_samples(config, experiment, state, mesh, out: str, features_of) -> dict:
-  """eval.num_samples samples (and their Inception features if `features_of`) in batches of
-  eval.batch_size, each batch saved once in out/samples/. Sample k is the same whatever the batch
-  size. Returns {'samples' (uint8 images or float32 points), 'nfe' (per sample), 'pool_3' and
-  'logits' with features, 'seconds'}."""
+def _draw_samples(config, draw, state, out: str, features_of) -> dict:
+  """eval.num_samples samples of `draw` (`_get_sampler`), and their Inception features if
+  `features_of`, in batches saved once each in out/samples/. Sample k is the same whatever the
+  batch size. Returns {'samples' (uint8 images or float32 points), 'nfe' (per sample), 'pool_3'
+  and 'logits' with features, 'seconds'}."""
   num_samples = config_checks.positive_int(config, 'eval.num_samples')
-  batch = _batch_for(num_samples, config_checks.positive_int(config, 'eval.batch_size'))
+  batch = _sample_batch(config)
   toy = datasets.is_toy(config)
-  draw = sampling.get_model_sampler(config, experiment.sde, experiment.model,
-                                    (batch, *datasets.data_shape(config)),
-                                    sharding=parallel.batch_sharded(mesh))
   inverse_scaler = datasets.get_data_inverse_scaler(config)
   key = jax.random.PRNGKey(config_checks.get(config, 'seed') + 3)
   variables = {'params': state.params_ema}
@@ -296,15 +318,15 @@ def _toy_sample_quality(config, samples: np.ndarray, out: str) -> dict:
   return report
 
 
-def _evaluate_step(config, plan, experiment, state, step, mesh, out, features_of) -> dict:
+def _evaluate_step(config, plan, programs, state, step, mesh, out, features_of) -> dict:
   report = {'step': step}
   if plan.enable_loss:
-    report.update(_json_once(os.path.join(out, 'loss.json'),
-                             lambda: _eval_loss(config, plan, experiment, state, mesh)))
+    report.update(_json_once(os.path.join(out, 'loss.json'), lambda: _eval_loss(
+        config, plan, programs.example_losses, state, mesh)))
   if plan.enable_bpd:
-    report.update(_bits_per_dim(config, plan, experiment, state, mesh, out))
+    report.update(_bits_per_dim(config, plan, programs.bpd_fn, state, mesh, out))
   if plan.enable_sampling:
-    drawn = _draw_samples(config, experiment, state, mesh, out, features_of)
+    drawn = _draw_samples(config, programs.draw, state, out, features_of)
     samples = drawn['samples']
     report.update({'num_samples': len(samples), 'nfe': float(drawn['nfe'].mean()),
                    'nfe_max': int(drawn['nfe'].max()), 'sampling_seconds': drawn['seconds']})
@@ -340,6 +362,7 @@ def evaluate(config, workdir_path: str, eval_folder: str = 'eval',
   if plan.inception_weights:
     features_of = inception.get_inception_fn(inception.load_inception(plan.inception_weights))
   like = parallel.replicate(mesh, experiment.initial_state)
+  programs = _Programs(config, plan, experiment, mesh)
   reports = []
   for step in _available_steps(store, plan.steps, watch_timeout):
     out = os.path.join(folder, f'step_{step}')
@@ -347,17 +370,17 @@ def evaluate(config, workdir_path: str, eval_folder: str = 'eval',
     if os.path.exists(report_path):
       with open(report_path) as f:
         report = json.load(f)
-      print(f'Step {step} was evaluated before: {report_path}')
+      print(f'Step {step} was evaluated before ({report_path}):')
     else:
       if parallel.is_primary():
         os.makedirs(out, exist_ok=True)
       state, _ = store.restore(step, like)
       report = _json_once(report_path, lambda: _evaluate_step(
-          config, plan, experiment, state, step, mesh, out, features_of))
+          config, plan, programs, state, step, mesh, out, features_of))
       if parallel.is_primary():
         with open(os.path.join(folder, 'reports.jsonl'), 'a') as f:
           f.write(json.dumps(report) + '\n')
-      print(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
     reports.append(report)
   store.close()
   if not reports:
@@ -383,7 +406,7 @@ def sample(config, workdir_path: str, eval_folder: str = 'eval') -> str:
   state, _ = store.restore(step, parallel.replicate(mesh, experiment.initial_state))
   store.close()
   out = workdir.fresh_directory(os.path.join(workdir_path, eval_folder, f'step_{step}'))
-  drawn = _draw_samples(config, experiment, state, mesh, out, None)
+  drawn = _draw_samples(config, _get_sampler(config, experiment, mesh), state, out, None)
   samples = drawn['samples']
   if parallel.is_primary():
     np.savez(os.path.join(out, 'samples.npz'), samples=samples)

@@ -148,8 +148,7 @@ def _tfrecord_source(config, split: str) -> tfrecords.TFRecordImages:
   path = config.data.tfrecords_path
   if not os.path.exists(path):
     raise FileNotFoundError(f'data.tfrecords_path = {path!r} does not exist.')
-  return tfrecords.TFRecordImages(path, _holdout(np.arange(len(tfrecords.record_spans(path))),
-                                                 split))
+  return tfrecords.TFRecordImages(path, select=lambda indices: _holdout(indices, split))
 
 
 def open_source(config, split: str):

@@ -121,12 +121,14 @@ def parse_example(buf: bytes) -> dict:
 
 
 class TFRecordImages:
-  """Random access to the images of StyleGAN TFRecord files: {'image': uint8 (H, W, C)}."""
+  """Random access to the images of a StyleGAN TFRecord file: {'image': uint8 (H, W, C)}.
+  `select(record indices) -> kept indices` picks a subset (e.g. a split)."""
 
-  def __init__(self, path: str, indices=None):
+  def __init__(self, path: str, select=None):
     self.path = path
     spans = record_spans(path)
-    self.spans = spans if indices is None else [spans[i] for i in indices]
+    kept = np.arange(len(spans)) if select is None else select(np.arange(len(spans)))
+    self.spans = [spans[i] for i in kept]
 
   def __len__(self):
     return len(self.spans)
