@@ -9,6 +9,8 @@ official experiment configs set. The CelebA and LSUN defaults are these with the
 import ml_collections
 from ml_collections.config_dict import placeholder
 
+from configs import _fast_sampler_fields as fast_sampler_fields
+
 
 def get_default_configs():
   config = ml_collections.ConfigDict()
@@ -26,6 +28,7 @@ def get_default_configs():
   training.continuous = True
   training.n_jitted_steps = 5
   training.reduce_mean = False
+  training.label_dropout = placeholder(float)  # class-conditional models; None: 0
 
   config.sampling = sampling = ml_collections.ConfigDict()
   sampling.n_steps_each = 1
@@ -38,6 +41,7 @@ def get_default_configs():
   sampling.rtol = 1e-5
   sampling.atol = 1e-5
   sampling.ode_steps = 100  # 'euler' / 'heun' only
+  fast_sampler_fields.add_fast_sampler_fields(sampling)
 
   config.likelihood = likelihood = ml_collections.ConfigDict()
   likelihood.solver = 'dopri5'
@@ -84,6 +88,7 @@ def get_default_configs():
   model.beta_max = 20.
   model.dropout = 0.1
   model.embedding_type = 'fourier'
+  model.num_classes = placeholder(int)  # NCSN++ / DDPM: data classes; None: unconditional
 
   config.optim = optim = ml_collections.ConfigDict()
   optim.weight_decay = 0.

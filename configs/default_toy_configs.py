@@ -1,5 +1,8 @@
 """Defaults shared by the 2-D toy configs: an MLP score model trained on CPU in about a minute."""
 import ml_collections
+from ml_collections.config_dict import placeholder
+
+from configs import _fast_sampler_fields as fast_sampler_fields
 
 
 def get_default_configs():
@@ -19,6 +22,7 @@ def get_default_configs():
   training.snapshot_freq = 5000
   training.snapshot_freq_for_preemption = 1000  # overwritten checkpoints for preemption
   training.snapshot_sampling = True
+  training.label_dropout = placeholder(float)  # class-conditional models; None: 0
 
   config.sampling = sampling = ml_collections.ConfigDict()
   sampling.method = 'pc'
@@ -34,6 +38,7 @@ def get_default_configs():
   sampling.rtol = 1e-5
   sampling.atol = 1e-5
   sampling.ode_steps = 100  # 'euler' / 'heun'
+  fast_sampler_fields.add_fast_sampler_fields(sampling)
 
   config.likelihood = likelihood = ml_collections.ConfigDict()
   likelihood.solver = 'dopri5'
@@ -70,6 +75,7 @@ def get_default_configs():
   model.nonlinearity = 'swish'
   model.dropout = 0.0
   model.scale_by_sigma = False
+  model.num_classes = placeholder(int)  # data classes; None: unconditional
   model.ema_rate = 0.999
   model.num_scales = 1000
   model.beta_min = 0.1

@@ -21,9 +21,13 @@ FIELDS = {
         'snapshot_freq': 'steps between kept checkpoints (and snapshot samples)',
         'snapshot_freq_for_preemption': 'steps between checkpoints that resume a preempted run',
         'snapshot_sampling': 'draw samples at each snapshot',
+        'label_dropout': 'class-conditional models: probability in [0, 1) that a training '
+                         'label is replaced by the null label (classifier-free guidance; '
+                         'None: 0)',
     },
     'sampling': {
-        'method': "'pc' (predictor-corrector) | 'ode' (probability flow)",
+        'method': "'pc' (predictor-corrector) | 'ode' (probability flow) | 'ddim' | 'dpm_solver' | "
+                  "'edm'",
         'predictor': 'registered predictor name (sampling.registered_predictors())',
         'corrector': 'registered corrector name (sampling.registered_correctors())',
         'snr': 'signal-to-noise ratio setting the Langevin corrector step size',
@@ -36,6 +40,18 @@ FIELDS = {
         'rtol': "method 'ode': relative tolerance of the adaptive solvers",
         'atol': "method 'ode': absolute tolerance of the adaptive solvers",
         'ode_steps': "method 'ode': number of steps of the fixed-step solvers",
+        'steps': "methods 'ddim' | 'dpm_solver' | 'edm': number of steps (or set nfe)",
+        'nfe': "methods 'ddim' | 'dpm_solver' | 'edm': budget of score evaluations",
+        'time_schedule': "'time_uniform' | 'logsnr' | 'quadratic' | 'rho' (None: the method's)",
+        'eta': "method 'ddim': 0 deterministic, 1 the DDPM posterior noise",
+        'dpm_solver_variant': "method 'dpm_solver': '2M' | '2S' | '3S'",
+        'rho': "time_schedule 'rho': EDM's exponent of the sigma / alpha schedule",
+        's_churn': "method 'edm': stochastic churn (0: deterministic Heun)",
+        's_min': "method 'edm': smallest sigma / alpha with churn",
+        's_max': "method 'edm': largest sigma / alpha with churn (None: no limit)",
+        's_noise': "method 'edm': scale of the churn noise",
+        'guidance_scale': 'class-conditional models: classifier-free guidance scale w '
+                          '(0 unconditional, 1 conditional; None: conditional without guidance)',
     },
     'likelihood': {
         'solver': "probability-flow ODE solver: 'dopri5' | 'tsit5' | 'euler' | 'heun'",
@@ -102,7 +118,9 @@ FIELDS = {
         'attention_type': "(official) 'ddpm'",
         'conv_size': '(official) 3',
         'interpolation': "NCSN / NCSNv2 RefineNet upsampling: 'bilinear' | 'nearest_neighbor'",
-        'num_classes': 'NCSN: number of noise levels the normalisation is conditioned on',
+        'num_classes': 'NCSN: number of noise levels the normalisation is conditioned on; '
+                       'NCSN++ / DDPM / MLP: number of data classes of a class-conditional '
+                       'model (None: unconditional)',
         'scale_by_sigma': 'divide the network output by the noise level',
         'ema_rate': 'rate of the exponential moving average of the weights (0: none)',
         'num_scales': 'number of noise levels / discrete steps N',

@@ -186,6 +186,15 @@ def num_examples(config, split: str) -> Optional[int]:
   return len(image_datasets.open_source(config, split))
 
 
+def has_labels(config, split: str = 'train') -> bool:
+  """Whether the batches of the split carry 'label' (class labels); toy data have none."""
+  _check_request(config, split, 1)
+  if is_toy(config):
+    return False
+  source = image_datasets.open_source(config, split)
+  return len(source) > 0 and 'label' in source[0]
+
+
 def get_dataset(config, split: str, batch_size: int, *, evaluation: bool = False,
                 max_examples: Optional[int] = None):
   """Iterator of batches of this process's share of `split` ('train' or 'test').

@@ -201,10 +201,12 @@ def _eval_loss(config, plan: _Plan, example_losses, state, mesh) -> dict:
   batches = datasets.get_dataset(config, 'test', batch // jax.process_count(), evaluation=True,
                                  max_examples=plan.num_samples if plan.toy else None)
   key = jax.random.PRNGKey(config_checks.get(config, 'seed') + 4)
+  labelled = train_lib.needs_labels(config, 'test')
   total, count = 0.0, 0
   for k, data in enumerate(batches):
     values = example_losses(state, jax.random.fold_in(key, k),
-                            parallel.global_batch(mesh, scaler(data['x'])))
+                            parallel.global_batch(mesh, scaler(data['x'])),
+                            parallel.global_batch(mesh, train_lib.batch_labels(data, labelled)))
     mask = parallel.to_host(parallel.global_batch(mesh, data['mask']))
     total += float(np.sum(parallel.to_host(values)[mask], dtype=np.float64))
     count += int(mask.sum())

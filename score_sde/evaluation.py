@@ -17,11 +17,17 @@ def _mean_distance(a: np.ndarray, b: np.ndarray, block: int = 1024) -> float:
   return total / (len(a) * len(b))
 
 
-def energy_distance(x: np.ndarray, y: np.ndarray) -> float:
+def energy_distance(x: np.ndarray, y: np.ndarray, unbiased: bool = False) -> float:
   """Squared energy distance 2 E|X - Y| - E|X - X'| - E|Y - Y'| (Szekely & Rizzo 2013) between
-  the empirical distributions of samples x (n, ...) and y (m, ...) (V-statistic: zero only for
-  identical samples, about (1/n + 1/m) E|X - X'| between two independent draws of one law)."""
-  return 2.0 * _mean_distance(x, y) - _mean_distance(x, x) - _mean_distance(y, y)
+  the empirical distributions of samples x (n, ...) and y (m, ...). Default: the V-statistic,
+  zero only for identical samples, about (1/n + 1/m) E|X - X'| between two independent draws of
+  one law. `unbiased`: the U-statistic (pairs i != j within a sample), whose expectation is the
+  energy distance of the two laws itself (0 for one law; it can come out negative)."""
+  n, m = len(x), len(y)
+  within_x, within_y = _mean_distance(x, x), _mean_distance(y, y)
+  if unbiased:
+    within_x, within_y = within_x * n / (n - 1), within_y * m / (m - 1)
+  return 2.0 * _mean_distance(x, y) - within_x - within_y
 
 
 def feature_statistics(features: np.ndarray) -> tuple:

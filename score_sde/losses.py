@@ -2,9 +2,11 @@
 
 The loss functions return per-example losses (B,); training minimises their batch mean.
 `reduce_mean` averages the squared error over data dimensions, otherwise it is summed and halved
-(the official convention).
+(the official convention). Class-conditional models (models.num_data_classes) get the batch's
+class labels, in training replaced by the null label with probability training.label_dropout
+(classifier-free guidance, Ho & Salimans 2022).
 """
-from typing import Callable
+from typing import Callable, Optional
 
 import flax.struct
 import jax
@@ -22,15 +24,31 @@ def _reduce(per_dim: jax.Array, reduce_mean: bool) -> jax.Array:
   return jnp.mean(flat, axis=-1) if reduce_mean else 0.5 * jnp.sum(flat, axis=-1)
 
 
+def drop_labels(key, class_labels: jax.Array, rate: float, null_label: int) -> jax.Array:
+  """class_labels int (B,) with each replaced by `null_label` independently with probability
+  `rate` (label dropout: one model learns the conditional and the unconditional score)."""
+  drop = jax.random.bernoulli(key, rate, class_labels.shape)
+  return jnp.where(drop, jnp.asarray(null_label, class_labels.dtype), class_labels)
+
+
+def _conditioned(fn: Callable, class_labels: Optional[jax.Array]) -> Callable:
+  """fn(x, labels_or_t, rng) passing class_labels on to fn when they are given."""
+  if class_labels is None:
+    return fn
+  return lambda x, s, rng: fn(x, s, rng, class_labels=class_labels)
+
+
 def continuous_dsm_loss(key, x0, score_fn, sde: sde_lib.SDE, *, reduce_mean: bool,
-                        likelihood_weighting: bool, eps: float = 1e-5) -> jax.Array:
+                        likelihood_weighting: bool, eps: float = 1e-5,
+                        class_labels: Optional[jax.Array] = None) -> jax.Array:
   """Denoising score matching over t ~ U(eps, T) (paper, Eq. 7).
 
   x(t) = mean(x0, t) + std(t) z. Default weighting lambda(t) = std(t)^2 gives the loss
   |std s(x(t), t) + z|^2; likelihood weighting lambda(t) = g(t)^2 (Song et al. 2021b) gives
-  g(t)^2 |s(x(t), t) + z / std|^2. `score_fn(x, t, rng)` takes an rng for dropout.
-  Returns the per-example losses (B,).
+  g(t)^2 |s(x(t), t) + z / std|^2. `score_fn(x, t, rng)` takes an rng for dropout, and
+  `class_labels=` int (B,) when they are given. Returns the per-example losses (B,).
   """
+  score_fn = _conditioned(score_fn, class_labels)
   t_key, z_key, dropout_key = jax.random.split(key, 3)
   t = jax.random.uniform(t_key, (x0.shape[0],), minval=eps, maxval=sde.T)
   z = jax.random.normal(z_key, x0.shape)
@@ -44,9 +62,12 @@ def continuous_dsm_loss(key, x0, score_fn, sde: sde_lib.SDE, *, reduce_mean: boo
   return losses
 
 
-def smld_loss(key, x0, model_fn, vesde: sde_lib.VESDE, *, reduce_mean: bool) -> jax.Array:
+def smld_loss(key, x0, model_fn, vesde: sde_lib.VESDE, *, reduce_mean: bool,
+              class_labels: Optional[jax.Array] = None) -> jax.Array:
   """NCSN's loss (Song & Ermon 2019): a noise level chosen uniformly among the N discrete sigmas,
-  weighted by sigma^2. The model gets label j indexing the sigmas in descending order."""
+  weighted by sigma^2. The model gets label j indexing the sigmas in descending order (and
+  `class_labels=` int (B,) when they are given)."""
+  model_fn = _conditioned(model_fn, class_labels)
   label_key, z_key, dropout_key = jax.random.split(key, 3)
   labels = jax.random.randint(label_key, (x0.shape[0],), 0, vesde.N)
   sigmas = jnp.asarray(vesde.discrete_sigmas[::-1], jnp.float32)[labels]
@@ -56,8 +77,11 @@ def smld_loss(key, x0, model_fn, vesde: sde_lib.VESDE, *, reduce_mean: bool) -> 
   return _reduce(jnp.square(score - target), reduce_mean) * sigmas**2
 
 
-def ddpm_loss(key, x0, model_fn, vpsde: sde_lib.VPSDE, *, reduce_mean: bool) -> jax.Array:
-  """DDPM's simplified loss (Ho et al. 2020, Eq. 14): predict the noise at a uniform step i."""
+def ddpm_loss(key, x0, model_fn, vpsde: sde_lib.VPSDE, *, reduce_mean: bool,
+              class_labels: Optional[jax.Array] = None) -> jax.Array:
+  """DDPM's simplified loss (Ho et al. 2020, Eq. 14): predict the noise at a uniform step i. The
+  model gets `class_labels=` int (B,) when they are given."""
+  model_fn = _conditioned(model_fn, class_labels)
   label_key, z_key, dropout_key = jax.random.split(key, 3)
   labels = jax.random.randint(label_key, (x0.shape[0],), 0, vpsde.N)
   noise = jax.random.normal(z_key, x0.shape)
@@ -68,13 +92,24 @@ def ddpm_loss(key, x0, model_fn, vpsde: sde_lib.VPSDE, *, reduce_mean: bool) -> 
   return _reduce(jnp.square(prediction - noise), reduce_mean)
 
 
+def label_dropout(config) -> float:
+  """config.training.label_dropout (absent or None: 0), checked to lie in [0, 1)."""
+  if config.training.get('label_dropout') is None:
+    return 0.0
+  return config_checks.unit_interval(config, 'training.label_dropout')
+
+
 def get_loss_fn(config, sde: sde_lib.SDE, model, train: bool,
                 per_example: bool = False) -> Callable:
-  """loss_fn(params, key, x0) -> the batch-mean loss (or the per-example losses (B,) with
-  per_example=True), as selected by config.training.
+  """loss_fn(params, key, x0, class_labels=None) -> the batch-mean loss (or the per-example
+  losses (B,) with per_example=True), as selected by config.training.
 
-  Raises ValueError, before anything is compiled, for combinations with no loss: discrete
-  training of subVP, or likelihood weighting with discrete training.
+  A class-conditional model (models.num_data_classes) needs class_labels int (B,) (ValueError
+  when traced without them); with `train`, each is replaced by the null label num_classes with
+  probability training.label_dropout, drawn from a key split off `key`. Unconditional models
+  ignore class_labels. Raises ValueError, before anything is compiled, for combinations with no
+  loss: discrete training of subVP, likelihood weighting with discrete training, label dropout
+  outside [0, 1) or without a class-conditional model.
   """
   reduce_mean = bool(config_checks.get(config, 'training.reduce_mean'))
   continuous = bool(config_checks.get(config, 'training.continuous'))
@@ -85,20 +120,38 @@ def get_loss_fn(config, sde: sde_lib.SDE, model, train: bool,
   if not continuous and not isinstance(sde, (sde_lib.VESDE, sde_lib.VPSDE)):
     raise ValueError(f'Config field training.continuous = False is only supported for '
                      f"training.sde in ['vesde', 'vpsde'], not {type(sde).__name__}.")
+  dropout_rate = label_dropout(config)
+  num_classes = models_lib.num_data_classes(config)
+  if dropout_rate > 0 and num_classes is None:
+    raise ValueError(f'Config field training.label_dropout = {dropout_rate} needs a '
+                     'class-conditional model: model.num_classes set, model.name in '
+                     "['ddpm', 'mlp', 'ncsnpp'].")
 
-  def example_losses(params, key, x0):
+  def example_losses(params, key, x0, class_labels=None):
+    if num_classes is None:
+      class_labels = None
+    elif class_labels is None:
+      raise ValueError(f'Config field model.num_classes = {num_classes} makes the model '
+                       'class-conditional: its loss needs the class labels (the dataset '
+                       "must yield 'label').")
+    elif train and dropout_rate > 0:
+      key, drop_key = jax.random.split(key)
+      class_labels = drop_labels(drop_key, class_labels, dropout_rate, num_classes)
     variables = {'params': params}
     if continuous:
       score_fn = models_lib.get_score_fn(sde, model, variables, train=train, continuous=True)
       return continuous_dsm_loss(key, x0, score_fn, sde, reduce_mean=reduce_mean,
-                                 likelihood_weighting=likelihood_weighting)
+                                 likelihood_weighting=likelihood_weighting,
+                                 class_labels=class_labels)
     model_fn = models_lib.get_model_fn(model, variables, train=train)
     discrete_loss = smld_loss if isinstance(sde, sde_lib.VESDE) else ddpm_loss
-    return discrete_loss(key, x0, model_fn, sde, reduce_mean=reduce_mean)
+    return discrete_loss(key, x0, model_fn, sde, reduce_mean=reduce_mean,
+                         class_labels=class_labels)
 
   if per_example:
     return example_losses
-  return lambda params, key, x0: jnp.mean(example_losses(params, key, x0))
+  return lambda params, key, x0, class_labels=None: jnp.mean(
+      example_losses(params, key, x0, class_labels))
 
 
 def get_optimizer(config) -> optax.GradientTransformation:
@@ -147,39 +200,44 @@ def ema_update(params_ema, params, rate: float):
 
 
 def get_train_step(config, sde, model, optimizer) -> Callable:
-  """train_steps(state, x0s) -> (state, losses) running len(x0s) updates in one lax.scan.
+  """train_steps(state, x0s, class_labels=None) -> (state, losses) running len(x0s) updates in
+  one lax.scan.
 
   x0s has shape (n_steps, B, ...) (n_steps = config.training.n_jitted_steps in the driver);
-  losses has shape (n_steps,). Jit it once per n_steps. One step runs without a loop: inside a
-  while loop XLA:CPU computes convolution weight gradients 10-20x slower (measured with jax
-  0.10 on 2 cores), so convolutional models train on CPU with n_jitted_steps = 1.
+  class_labels int (n_steps, B) (needed by class-conditional models, ignored otherwise); losses
+  has shape (n_steps,). Jit it once per n_steps. One step runs without a loop: inside a while
+  loop XLA:CPU computes convolution weight gradients 10-20x slower (measured with jax 0.10 on 2
+  cores), so convolutional models train on CPU with n_jitted_steps = 1.
   """
   loss_fn = get_loss_fn(config, sde, model, train=True)
   ema_rate = config_checks.unit_interval(config, 'model.ema_rate')
 
-  def one_step(state: TrainState, x0):
+  def one_step(state: TrainState, batch):
+    x0, class_labels = batch
     key = jax.random.fold_in(state.rng, state.step)
-    loss, grads = jax.value_and_grad(loss_fn)(state.params, key, x0)
+    loss, grads = jax.value_and_grad(loss_fn)(state.params, key, x0, class_labels)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                               params_ema=ema_update(state.params_ema, params, ema_rate))
     return new_state, loss
 
-  def train_steps(state, x0s):
+  def train_steps(state, x0s, class_labels=None):
     if x0s.shape[0] == 1:
-      state, loss = one_step(state, x0s[0])
+      first_labels = None if class_labels is None else class_labels[0]
+      state, loss = one_step(state, (x0s[0], first_labels))
       return state, loss[None]
-    return jax.lax.scan(one_step, state, x0s)
+    return jax.lax.scan(one_step, state, (x0s, class_labels))
 
   return train_steps
 
 
 def get_eval_step(config, sde, model) -> Callable:
-  """eval_step(state, key, x0) -> per-example losses (B,) of the EMA parameters (no dropout)."""
+  """eval_step(state, key, x0, class_labels=None) -> per-example losses (B,) of the EMA
+  parameters (no dropout, no label dropout); class_labels int (B,) as in `get_loss_fn`."""
   loss_fn = get_loss_fn(config, sde, model, train=False, per_example=True)
 
-  def eval_step(state: TrainState, key, x0):
-    return loss_fn(state.params_ema, key, x0)
+  def eval_step(state: TrainState, key, x0, class_labels=None):
+    return loss_fn(state.params_ema, key, x0, class_labels)
 
   return eval_step

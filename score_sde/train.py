@@ -92,17 +92,40 @@ def data_state(train_data, eval_data) -> dict:
   return {'train': train_data.get_state(), 'eval': eval_data.get_state()}
 
 
-def _stack_batches(data, n: int) -> np.ndarray:
-  """The 'x' of n consecutive batches of an iterator, stacked: (n, B, ...)."""
-  return np.stack([next(data)['x'] for _ in range(n)])
+def batch_labels(batch: dict, labelled: bool):
+  """The batch's 'label' as int32 (B,) if `labelled` (for a class-conditional model), else None."""
+  return np.asarray(batch['label'], np.int32) if labelled else None
+
+
+def _stack_batches(data, n: int, labelled: bool) -> tuple:
+  """(x, labels) of n consecutive batches of an iterator, stacked: x (n, B, ...) and labels int32
+  (n, B) if `labelled` (else None)."""
+  batches = [next(data) for _ in range(n)]
+  labels = np.stack([batch_labels(b, True) for b in batches]) if labelled else None
+  return np.stack([b['x'] for b in batches]), labels
+
+
+def needs_labels(config, split: str) -> bool:
+  """Whether the model is class-conditional, so that its loss takes the batches' 'label';
+  ValueError if it is and the split's batches have none."""
+  num_classes = models_lib.num_data_classes(config)
+  if num_classes is None:
+    return False
+  if not datasets.has_labels(config, split):
+    raise ValueError(f'Config field model.num_classes = {num_classes} makes the model '
+                     f'class-conditional, but data.dataset = {config.data.dataset!r} yields no '
+                     f"'label' ({split} split); use a labelled dataset or leave model.num_classes "
+                     'unset.')
+  return True
 
 
 def train(config, workdir_path: str) -> losses.TrainState:
   """Trains the model of `config` in `workdir_path` on every device of every process; returns
   the final TrainState (replicated global arrays).
 
-  Each process reads training.batch_size / process_count() rows of every batch; the batch is
-  split over all devices and the state replicated. Checkpoints: see score_sde.checkpoints.
+  Each process reads training.batch_size / process_count() rows of every batch; the batch (and
+  the class labels of a class-conditional model) is split over all devices and the state
+  replicated. Checkpoints: see score_sde.checkpoints.
   """
   # Validate and build everything before compiling anything.
   n_iters = config_checks.positive_int(config, 'training.n_iters')
@@ -114,16 +137,19 @@ def train(config, workdir_path: str) -> losses.TrainState:
   preemption_freq = config_checks.positive_int(config, 'training.snapshot_freq_for_preemption')
   snapshot_sampling = bool(config_checks.get(config, 'training.snapshot_sampling'))
   parallel.per_process_batch(batch_size, 'training.batch_size')
+  labelled = needs_labels(config, 'train') and needs_labels(config, 'test')
   experiment = build_experiment(config)
   sde, model = experiment.sde, experiment.model
   mesh = parallel.data_mesh()
   replicated = parallel.replicated(mesh)
+  steps_sharded = parallel.batch_sharded(mesh, batch_axis=1)
   train_steps = jax.jit(losses.get_train_step(config, sde, model, experiment.optimizer),
-                        in_shardings=(replicated, parallel.batch_sharded(mesh, batch_axis=1)),
+                        in_shardings=(replicated, steps_sharded, steps_sharded),
                         out_shardings=(replicated, replicated), donate_argnums=0)
   example_losses = losses.get_eval_step(config, sde, model)
-  eval_step = jax.jit(lambda state, key, x0: example_losses(state, key, x0).mean(),
-                      in_shardings=(replicated, replicated, parallel.batch_sharded(mesh)),
+  eval_step = jax.jit(lambda state, key, x0, labels: example_losses(state, key, x0, labels).mean(),
+                      in_shardings=(replicated, replicated, parallel.batch_sharded(mesh),
+                                    parallel.batch_sharded(mesh)),
                       out_shardings=replicated)
   if snapshot_sampling:
     draw = sampling.get_model_sampler(config, sde, model, (batch_size, *experiment.data_shape),
@@ -153,8 +179,10 @@ def train(config, workdir_path: str) -> losses.TrainState:
   last_log_time, last_log_step = time.perf_counter(), step
   while step < n_iters:
     n = _chunk_length(step, n_jitted, n_iters, (snapshot_freq, preemption_freq))
-    batches = parallel.global_batch(mesh, scaler(_stack_batches(train_data, n)), batch_axis=1)
-    state, step_losses = train_steps(state, batches)
+    x0s, labels = _stack_batches(train_data, n, labelled)
+    batches = parallel.global_batch(mesh, scaler(x0s), batch_axis=1)
+    state, step_losses = train_steps(state, batches,
+                                     parallel.global_batch(mesh, labels, batch_axis=1))
     unchecked_losses.append(step_losses)
     before, step = step, step + n
     progress.update(n)
@@ -172,8 +200,10 @@ def train(config, workdir_path: str) -> losses.TrainState:
                            'train/steps_per_sec': rate})
       progress.set_postfix(loss=f'{np.asarray(step_losses).mean():.4g}')
     if _crossed(before, step, eval_freq):
-      eval_batch = parallel.global_batch(mesh, scaler(next(eval_data)['x']))
-      eval_loss = eval_step(state, jax.random.fold_in(eval_key, step), eval_batch)
+      eval_data_batch = next(eval_data)
+      eval_batch = parallel.global_batch(mesh, scaler(eval_data_batch['x']))
+      eval_labels = parallel.global_batch(mesh, batch_labels(eval_data_batch, labelled))
+      eval_loss = eval_step(state, jax.random.fold_in(eval_key, step), eval_batch, eval_labels)
       if primary:
         log.write(step, **{'eval/loss': eval_loss})
     if keep or preempt:

@@ -2,6 +2,7 @@
 
   python scripts/benchmark.py likelihood [--repeats 3] [--batch 16] [--size 16]
   python scripts/benchmark.py train [--repeats 3] [--batch 16] [--size 16] [--steps 5]
+  python scripts/benchmark.py samplers [--repeats 3] [--batch 10000]
 
 likelihood: bits/dim of a batch of images (size x size x 3) under a small untrained network,
 through the probability-flow ODE with a Hutchinson (Rademacher) divergence, rtol = atol = 1e-5:
@@ -17,6 +18,16 @@ size x size x 3 images): steps/s and achieved FLOP/s of jitted single steps, wit
 step from XLA's cost analysis of the compiled step, beside the machine's fp32 matmul peak
 measured in the same run (the best median over square matmuls of a few sizes); and steps/s of the
 same steps run as one lax.scan (n_jitted_steps > 1).
+
+samplers: on the 2-D Gaussian-mixture oracle with its exact score (score_sde.gaussian_mixture.
+example_mixture), for VP, sub-VP and VE: the sample error of the PC sampler at 1,000 steps
+(reverse diffusion, no corrector), then for each fast sampler the smallest NFE on a ladder whose
+error is within the sampling noise of PC's. Error: the sliced 1-Wasserstein distance between
+`batch` samples and the known density (GaussianMixture.sliced_wasserstein, 32 directions). Even
+exact samples have an error (the floor), which varies from draw to draw: its mean and standard
+deviation sd over 5 draws of exact samples are measured too, and a sampler reaches PC when its
+error is at most PC's + 2 sd. Every sampler starts from the same prior draws. Also the wall
+time of each at that NFE (median of `repeats`; the machine is shared, so compare ratios).
 """
 import argparse
 import importlib
@@ -28,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import integrate
 
-from score_sde import likelihood, losses, models, sampling
+from score_sde import gaussian_mixture, likelihood, losses, models, sampling, sweep
 from score_sde import sde as sde_lib
 from configs import default_toy_configs
 
@@ -188,19 +199,75 @@ def benchmark_train(repeats: int, batch: int, size: int, steps: int) -> dict:
   return result
 
 
+NFE_LADDER = (4, 6, 8, 10, 12, 15, 20, 25, 30, 40, 50, 70, 100, 150, 200)
+FAST_SAMPLERS = {  # name -> sweep.build_sampler keywords
+    'ddim (eta 0, time-uniform)': {'method': 'ddim'},
+    'ddim (eta 1, time-uniform)': {'method': 'ddim', 'eta': 1.0},
+    'dpm-solver++ 2M (logSNR)': {'method': 'dpm_solver', 'variant': '2M'},
+    'dpm-solver++ 2M (time-uniform)': {'method': 'dpm_solver', 'variant': '2M',
+                                       'schedule': 'time_uniform'},
+    'dpm-solver++ 2M (quadratic)': {'method': 'dpm_solver', 'variant': '2M',
+                                    'schedule': 'quadratic'},
+    'dpm-solver++ 2S (logSNR)': {'method': 'dpm_solver', 'variant': '2S'},
+    'dpm-solver++ 3S (logSNR)': {'method': 'dpm_solver', 'variant': '3S'},
+    'edm heun (rho 7)': {'method': 'edm'},
+    'edm heun (logSNR)': {'method': 'edm', 'schedule': 'logsnr'},
+    'edm heun + churn 10 (rho 7)': {'method': 'edm', 's_churn': 10.0},
+}
+
+
+def benchmark_samplers(repeats: int, batch: int) -> dict:
+  gmm = gaussian_mixture.example_mixture(2)
+  quality = sweep.known_density_quality(gmm, num_projections=32)
+  floors = [quality(np.asarray(gmm.sample(jax.random.PRNGKey(100 + i), batch)[0]))['sliced_w1']
+            for i in range(5)]
+  floor_sd = float(np.std(floors, ddof=1))
+  print('exact-sample floor', floors, flush=True)
+  key, shape = jax.random.PRNGKey(0), (batch, 2)
+  sdes = {'vp': (sde_lib.VPSDE(), 1e-3), 'subvp': (sde_lib.subVPSDE(), 1e-3),
+          've': (sde_lib.VESDE(sigma_min=0.01, sigma_max=50.0), 1e-5)}
+  result = {}
+  for name, (sde, eps) in sdes.items():
+    score_fn = gmm.score_fn(sde)
+    pc = sweep.run([{'method': 'pc', 'steps': 1000}], sde, score_fn, shape, key=key,
+                   quality=quality, repeats=repeats)[0]
+    target = pc['sliced_w1'] + 2 * floor_sd
+    rows = {'pc (1000 steps)': pc}
+    for label, options in FAST_SAMPLERS.items():
+      row = {'nfe': None, 'sliced_w1_at_max_nfe': None}
+      for nfe in NFE_LADDER:
+        try:
+          found = sweep.run([{**options, 'nfe': nfe, 'eps': eps}], sde, score_fn, shape, key=key,
+                            quality=quality, repeats=repeats)[0]
+        except ValueError:  # budget below one step
+          continue
+        if found['sliced_w1'] <= target:
+          row = found
+          break
+        row['sliced_w1_at_max_nfe'] = found['sliced_w1']
+      rows[label] = row
+      print(name, label, row, flush=True)
+    result[name] = {'pc_1000_sliced_w1': pc['sliced_w1'], 'target': target, 'samplers': rows}
+  result['exact_sample_floor'] = {'mean': float(np.mean(floors)), 'sd': floor_sd}
+  return result
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('benchmark', choices=['likelihood', 'train'])
+  parser.add_argument('benchmark', choices=['likelihood', 'train', 'samplers'])
   parser.add_argument('--repeats', type=int, default=3)
-  parser.add_argument('--batch', type=int, default=16)
+  parser.add_argument('--batch', type=int, default=None,
+                      help='likelihood / train: 16; samplers: 100000')
   parser.add_argument('--size', type=int, default=16)
   parser.add_argument('--steps', type=int, default=5, help='train: steps per timed run')
   args = parser.parse_args()
-  if args.benchmark == 'likelihood':
-    result = benchmark_likelihood(args.repeats, args.batch, args.size)
+  if args.benchmark == 'samplers':
+    result = benchmark_samplers(args.repeats, args.batch or 100_000)
+  elif args.benchmark == 'likelihood':
+    result = benchmark_likelihood(args.repeats, args.batch or 16, args.size)
   else:
-    result = benchmark_train(args.repeats, args.batch, args.size, args.steps)
+    result = benchmark_train(args.repeats, args.batch or 16, args.size, args.steps)
   print(json.dumps(result, indent=2))
 
 

@@ -25,7 +25,7 @@ from score_sde import config_checks, models
 
 CONFIG_DIR = pathlib.Path(configs.__file__).parent
 ALL_CONFIGS = sorted(p.relative_to(CONFIG_DIR).with_suffix('').as_posix()
-                     for p in CONFIG_DIR.rglob('*.py') if p.name != '__init__.py')
+                     for p in CONFIG_DIR.rglob('*.py') if not p.name.startswith('_'))
 IMAGE_DEFAULTS = ['default_celeba_configs', 'default_cifar10_configs', 'default_lsun_configs']
 REFERENCE = json.loads(gzip.decompress(
     (pathlib.Path(__file__).parent / 'data' / 'official_param_trees.json.gz').read_bytes()))

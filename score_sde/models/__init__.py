@@ -11,8 +11,12 @@ checkpoints sample correctly here (`get_score_fn`):
   subVP    either       999 t                            -output / std(t)
   VE       continuous   sigma(t)                         output
   VE       discrete     N - 1 - i (int, sigmas descend)  output
+
+Class-conditional models (NCSN++, DDPM and MLP with model.num_classes, see models.conditioning)
+also take `class_labels` int (B,), the null label num_classes (or None) for an unconditional
+prediction; model and score functions pass them through.
 """
-from typing import Callable
+from typing import Callable, Optional
 
 import flax.linen as nn
 import jax
@@ -20,6 +24,7 @@ import jax.numpy as jnp
 
 from score_sde import config_checks
 from score_sde import sde as sde_lib
+from score_sde.models import conditioning
 from score_sde.registry import Registry
 
 _MODELS = Registry('model')
@@ -33,54 +38,79 @@ def get_model(config) -> nn.Module:
   return _MODELS.get(name)(config=config)
 
 
+def num_data_classes(config) -> Optional[int]:
+  """The number of data classes n of the config's model if it is class-conditional (class labels
+  0 .. n - 1, n the null label), else None: model.num_classes unset, or a model that takes no
+  class labels (NCSN, NCSNv2, whose model.num_classes counts noise levels)."""
+  name = config_checks.choice(config, 'model.name', _MODELS.names())
+  if not getattr(_MODELS.get(name), 'takes_class_labels', False):
+    return None
+  return conditioning.num_classes(config)
+
+
 def init_model(key: jax.Array, config, data_shape: tuple) -> tuple:
-  """Builds the model and initialises its variables on a batch of zeros of shape (1, *data_shape).
+  """Builds the model and initialises its variables on a batch of zeros of shape (1, *data_shape)
+  (and class label 0 for a class-conditional model).
 
   Returns (model, variables) with variables = {'params': ...}.
   """
   model = get_model(config)
   params_key, dropout_key = jax.random.split(key)
+  kwargs = {}
+  if num_data_classes(config) is not None:
+    kwargs['class_labels'] = jnp.zeros((1,), jnp.int32)
   variables = model.init({'params': params_key, 'dropout': dropout_key},
-                         jnp.zeros((1, *data_shape)), jnp.zeros((1,), jnp.int32), train=False)
+                         jnp.zeros((1, *data_shape)), jnp.zeros((1,), jnp.int32), train=False,
+                         **kwargs)
   return model, dict(variables)
 
 
 def get_model_fn(model: nn.Module, variables, train: bool = False) -> Callable:
-  """model_fn(x, labels, rng=None) -> network output; `rng` drives dropout when `train`."""
+  """model_fn(x, labels, rng=None, class_labels=None) -> network output; `rng` drives dropout
+  when `train`; class_labels int (B,) (None: the null label) go to a class-conditional model, and
+  a model without class conditioning refuses them (ValueError)."""
+  takes_class_labels = getattr(type(model), 'takes_class_labels', False)
 
-  def model_fn(x, labels, rng=None):
+  def model_fn(x, labels, rng=None, class_labels=None):
+    kwargs = {}
+    if class_labels is not None:
+      if not takes_class_labels:
+        raise ValueError(f'Model {type(model).__name__} takes no class labels; class-conditional '
+                         'models: ncsnpp, ddpm, mlp with model.num_classes set.')
+      kwargs['class_labels'] = class_labels
     if train:
-      return model.apply(variables, x, labels, train=True, rngs={'dropout': rng})
-    return model.apply(variables, x, labels, train=False)
+      return model.apply(variables, x, labels, train=True, rngs={'dropout': rng}, **kwargs)
+    return model.apply(variables, x, labels, train=False, **kwargs)
 
   return model_fn
 
 
 def get_score_fn(sde: sde_lib.SDE, model: nn.Module, variables, train: bool = False,
                  continuous: bool = False) -> Callable:
-  """score_fn(x, t, rng=None) -> score estimate like x, for x (B, ...) and t (B,) in [0, T]."""
+  """score_fn(x, t, rng=None, class_labels=None) -> score estimate like x, for x (B, ...) and
+  t (B,) in [0, T]; class_labels int (B,) as in `get_model_fn` (None: unconditional)."""
   model_fn = get_model_fn(model, variables, train=train)
 
   if isinstance(sde, (sde_lib.VPSDE, sde_lib.subVPSDE)):
 
-    def score_fn(x, t, rng=None):
+    def score_fn(x, t, rng=None, class_labels=None):
       if continuous or isinstance(sde, sde_lib.subVPSDE):
-        output = model_fn(x, 999.0 * t, rng)
+        output = model_fn(x, 999.0 * t, rng, class_labels)
         std = sde.marginal_prob(jnp.zeros_like(x), t)[1]
       else:
         index = sde.timestep_index(t)
-        output = model_fn(x, index, rng)
+        output = model_fn(x, index, rng, class_labels)
         std = jnp.asarray(sde.sqrt_1m_alphas_cumprod, jnp.float32)[index]
       return -output / sde_lib.expand_to(std, x)
 
   elif isinstance(sde, sde_lib.VESDE):
 
-    def score_fn(x, t, rng=None):
+    def score_fn(x, t, rng=None, class_labels=None):
       if continuous:
         labels = sde.marginal_prob(jnp.zeros_like(x), t)[1]
       else:
         labels = sde.N - 1 - sde.timestep_index(t)
-      return model_fn(x, labels, rng)
+      return model_fn(x, labels, rng, class_labels)
 
   else:
     raise ValueError(f'No score convention for SDE {type(sde).__name__}; '

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from score_sde import config_checks
-from score_sde.models import layers, normalization, register_model
+from score_sde.models import conditioning, layers, normalization, register_model
 
 
 @register_model(name='ddpm')
@@ -22,18 +22,22 @@ class DDPM(nn.Module):
   nf features and passed through two dense layers of 4 nf units (the act between them) into every
   ResNet block. Inputs in [0, 1] are mapped to [-1, 1] unless `data.centered`. With
   `scale_by_sigma` (VE models only) the output is divided by the noise level sigma of each label
-  (Song & Ermon 2020, technique 3).
+  (Song & Ermon 2020, technique 3). With model.num_classes = n (and `conditional`) the model is
+  class-conditional: class_labels int (B,) in 0 .. n (n, and None, the null label) are embedded
+  into 4 nf features added to the time embedding (models.conditioning).
 
   Config fields: model.{nf, ch_mult, num_res_blocks, attn_resolutions, dropout, resamp_with_conv,
-  conditional, scale_by_sigma, nonlinearity, normalization}, data.centered; with scale_by_sigma
-  also training.{sde, continuous} and model.{sigma_min, sigma_max, num_scales}.
+  conditional, scale_by_sigma, nonlinearity, normalization, num_classes}, data.centered; with
+  scale_by_sigma also training.{sde, continuous} and model.{sigma_min, sigma_max, num_scales}.
   """
 
   config: ml_collections.ConfigDict
+  takes_class_labels = True
 
   @nn.compact
-  def __call__(self, x, labels, train: bool = False):
+  def __call__(self, x, labels, train: bool = False, class_labels=None):
     config = self.config
+    num_classes = conditioning.num_classes(config)
     nf = config_checks.positive_int(config, 'model.nf')
     ch_mult = config_checks.positive_ints(config, 'model.ch_mult', allow_empty=False)
     num_res_blocks = config_checks.positive_int(config, 'model.num_res_blocks')
@@ -57,6 +61,7 @@ class DDPM(nn.Module):
       temb = nn.Dense(4 * nf, kernel_init=layers.default_init())(act(temb))
     else:
       temb = None
+    temb = conditioning.add_class_embedding(temb, class_labels, num_classes)
 
     def resnet_block(h, out_ch=None):
       block = layers.ResnetBlockDDPM(act=act, normalize=normalize, out_ch=out_ch, dropout=dropout)

@@ -5,7 +5,7 @@ import ml_collections
 import numpy as np
 
 from score_sde import config_checks
-from score_sde.models import layers, register_model
+from score_sde.models import conditioning, layers, register_model
 
 
 @register_model(name='mlp')
@@ -16,17 +16,22 @@ class MLP(nn.Module):
   labels 999 t or step indices) or random Fourier features of log(label) (`'fourier'`, for VE
   labels sigma), passed through a dense layer, and projected into every hidden layer. With
   `scale_by_sigma` the output is divided by the label (= sigma for continuous VE models), so the
-  network predicts sigma times the score (Song & Ermon 2020, technique 3).
+  network predicts sigma times the score (Song & Ermon 2020, technique 3). With num_classes = n
+  the model is class-conditional: class_labels int (B,) in 0 .. n (n, and None, the null label)
+  are embedded into nf features added to the output of that dense layer, before its activation
+  (models.conditioning).
 
   Config fields (config.model): nf (hidden width), num_layers, embedding_type, fourier_scale,
-  nonlinearity, dropout, scale_by_sigma.
+  nonlinearity, dropout, scale_by_sigma, num_classes.
   """
 
   config: ml_collections.ConfigDict
+  takes_class_labels = True
 
   @nn.compact
-  def __call__(self, x, labels, train: bool = False):
+  def __call__(self, x, labels, train: bool = False, class_labels=None):
     config = self.config
+    num_classes = conditioning.num_classes(config)
     nf = config_checks.positive_int(config, 'model.nf')
     num_layers = config_checks.positive_int(config, 'model.num_layers')
     act = layers.NONLINEARITIES[config_checks.choice(config, 'model.nonlinearity',
@@ -46,7 +51,8 @@ class MLP(nn.Module):
               jnp.log(labels))
     else:
       temb = layers.get_timestep_embedding(labels, nf)
-    temb = act(nn.Dense(nf)(temb))
+    temb = conditioning.add_class_embedding(nn.Dense(nf)(temb), class_labels, num_classes)
+    temb = act(temb)
     temb = nn.Dense(nf * num_layers)(temb).reshape(-1, num_layers, nf)
 
     h = x.reshape(x.shape[0], -1)

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from score_sde import config_checks
-from score_sde.models import layers, layerspp, normalization, register_model
+from score_sde.models import conditioning, layers, layerspp, normalization, register_model
 
 PROGRESSIVE = ('none', 'output_skip', 'residual')
 PROGRESSIVE_INPUT = ('none', 'input_skip', 'residual')
@@ -127,14 +127,20 @@ class NCSNpp(nn.Module):
   carries a residual up-sampling branch (residual). `skip_rescale` divides every residual sum by
   sqrt(2); `init_scale` initialises the last layer of every residual branch. H and W must be
   multiples of 2^(len(ch_mult) - 1).
+
+  With model.num_classes = n (and `conditional`) the model is class-conditional: class_labels int
+  (B,) in 0 .. n (n, and None, the null label) are embedded into 4 nf features added to the
+  time embedding (models.conditioning).
   """
 
   config: ml_collections.ConfigDict
+  takes_class_labels = True
 
   @nn.compact
-  def __call__(self, x, labels, train: bool = False):
+  def __call__(self, x, labels, train: bool = False, class_labels=None):
     config = self.config
     opts = Options.from_config(config)
+    num_classes = conditioning.num_classes(config)
     act = layers.get_act(config)
     levels = len(opts.ch_mult)
     if x.shape[1] % 2**(levels - 1) or x.shape[2] % 2**(levels - 1):
@@ -153,6 +159,7 @@ class NCSNpp(nn.Module):
       temb = nn.Dense(4 * opts.nf, kernel_init=layers.default_init())(act(temb))
     else:
       temb = None
+    temb = conditioning.add_class_embedding(temb, class_labels, num_classes)
 
     def resblock(h, out_ch=None, up=False, down=False):
       if opts.resblock_type == 'biggan':

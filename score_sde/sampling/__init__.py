@@ -1,27 +1,36 @@
 """Samplers: `get_sampler(config, sde)` and the predictor / corrector registries.
 
 Every sampler is a function sample(key, score_fn, shape, first_index=0) -> (samples, nfe):
-'pc' (predictor-corrector, pc.py; nfe an int) or 'ode' (probability-flow ODE, ode.py; nfe per
-sample, shape (B,)).
+'pc' (predictor-corrector, pc.py; nfe an int), 'ode' (probability-flow ODE, ode.py; nfe per
+sample, shape (B,)), 'ddim' (ddim.py), 'dpm_solver' (DPM-Solver++, dpm_solver.py) and 'edm'
+(EDM's Heun sampler, edm.py); the last three return an int nfe. Sample k draws its prior sample
+(and any noise) from fold_in(key, k), so every sampler starts from the same prior draws.
 """
 import jax
+import jax.numpy as jnp
 
 from score_sde import config_checks
 from score_sde import models as models_lib
-from score_sde.sampling import correctors, ode
+from score_sde.sampling import correctors, ddim, dpm_solver, edm, grid, guidance, ode
 from score_sde.sampling.ode import ODESolver, get_flow_maps, get_ode_sampler
 from score_sde.sampling.correctors import (Corrector, get_corrector, register_corrector,
                                            registered_correctors)
+from score_sde.sampling.ddim import get_ddim_sampler
+from score_sde.sampling.dpm_solver import get_dpm_solver_sampler
+from score_sde.sampling.edm import get_edm_sampler
 from score_sde.sampling.pc import get_pc_sampler
 from score_sde.sampling.predictors import (Predictor, get_predictor, register_predictor,
                                            registered_predictors)
 
-__all__ = ['Corrector', 'ODESolver', 'Predictor', 'SAMPLING_METHODS', 'get_corrector',
+__all__ = ['Corrector', 'DEFAULT_SCHEDULES', 'ODESolver', 'Predictor', 'SAMPLING_METHODS',
+           'get_corrector', 'get_ddim_sampler', 'get_dpm_solver_sampler', 'get_edm_sampler',
            'get_flow_maps', 'get_model_sampler', 'get_ode_sampler', 'get_pc_sampler',
            'get_predictor', 'get_sampler', 'register_corrector', 'register_predictor',
            'registered_correctors', 'registered_predictors']
 
-SAMPLING_METHODS = ('pc', 'ode')
+SAMPLING_METHODS = ('pc', 'ode', 'ddim', 'dpm_solver', 'edm')
+# The time schedule each fast sampler uses when config.sampling.time_schedule is None.
+DEFAULT_SCHEDULES = {'ddim': 'time_uniform', 'dpm_solver': 'logsnr', 'edm': 'rho'}
 
 
 def get_sampler(config, sde, continuous: bool = True):
@@ -29,10 +38,15 @@ def get_sampler(config, sde, continuous: bool = True):
 
   method 'pc': predictor, corrector, snr, n_steps_each, step_size_rule, probability_flow,
   noise_removal, eps. method 'ode': ode_solver, rtol, atol, ode_steps (for 'euler' / 'heun'),
-  noise_removal, eps. `continuous=False` declares a score conditioned on discrete steps (the
-  ODE's adaptive solvers then step to each of its jumps).
+  noise_removal, eps. methods 'ddim', 'dpm_solver', 'edm': steps or nfe, time_schedule (None:
+  DEFAULT_SCHEDULES), rho, noise_removal (the final denoising step), eps; 'ddim' also eta,
+  'dpm_solver' dpm_solver_variant, 'edm' s_churn, s_min, s_max (None: no limit), s_noise.
+  `continuous=False` declares a score conditioned on discrete steps (the ODE's adaptive solvers
+  then step to each of its jumps; the fast samplers run on its steps).
   """
   method = config_checks.choice(config, 'sampling.method', SAMPLING_METHODS)
+  if method in DEFAULT_SCHEDULES:
+    return _fast_sampler(config, sde, method, continuous)
   if method == 'ode':
     solver = ODESolver(solver=config_checks.choice(config, 'sampling.ode_solver', ode.SOLVERS),
                        rtol=config_checks.positive_float(config, 'sampling.rtol'),
@@ -55,17 +69,81 @@ def get_sampler(config, sde, continuous: bool = True):
                                           correctors.STEP_SIZE_RULES))
 
 
+def _optional(config, field, check):
+  """`check(config, field)` for a set field; None when it is None."""
+  return None if config_checks.get(config, field) is None else check(config, field)
+
+
+def _fast_sampler(config, sde, method: str, continuous: bool):
+  """The DDIM / DPM-Solver++ / EDM sampler of config.sampling."""
+  steps = _optional(config, 'sampling.steps', config_checks.positive_int)
+  nfe = _optional(config, 'sampling.nfe', config_checks.positive_int)
+  if (steps is None) == (nfe is None):
+    raise ValueError(f'Set exactly one of config fields sampling.steps ({steps!r}) and '
+                     f'sampling.nfe ({nfe!r}) for sampling.method = {method!r}.')
+  schedule = config_checks.get(config, 'sampling.time_schedule') or DEFAULT_SCHEDULES[method]
+  if schedule not in grid.SCHEDULES:
+    raise ValueError(f'Config field sampling.time_schedule = {schedule!r} is not supported; '
+                     f'allowed: {list(grid.SCHEDULES)} or None.')
+  common = dict(num_steps=steps, nfe=nfe, schedule=schedule,
+                rho=config_checks.positive_float(config, 'sampling.rho'),
+                eps=config_checks.positive_float(config, 'sampling.eps'),
+                denoise=bool(config_checks.get(config, 'sampling.noise_removal')),
+                continuous=continuous)
+  if method == 'ddim':
+    eta = config_checks.non_negative(config, 'sampling.eta')
+    if eta > 1:
+      raise ValueError(f'Config field sampling.eta = {eta} must lie in [0, 1].')
+    return ddim.get_ddim_sampler(sde, eta=eta, **common)
+  if method == 'dpm_solver':
+    variant = config_checks.choice(config, 'sampling.dpm_solver_variant',
+                                   dpm_solver.EVALS_PER_STEP)
+    return dpm_solver.get_dpm_solver_sampler(sde, variant=variant, **common)
+  s_max = _optional(config, 'sampling.s_max', config_checks.non_negative)
+  return edm.get_edm_sampler(sde, s_churn=config_checks.non_negative(config, 'sampling.s_churn'),
+                             s_min=config_checks.non_negative(config, 'sampling.s_min'),
+                             s_max=float('inf') if s_max is None else s_max,
+                             s_noise=config_checks.non_negative(config, 'sampling.s_noise'),
+                             **common)
+
+
 def get_model_sampler(config, sde, model, shape, sharding=None):
-  """Jitted draw(variables, key, first_index=0) -> (samples of `shape`, nfe) from a trained model,
-  with the score convention of config.training.continuous. `sharding` (e.g. batch-sharded over a
-  device mesh) lays out the samples, and with them the sampling work, over the devices."""
+  """Jitted draw(variables, key, first_index=0, class_labels=None) -> (samples of `shape`, nfe)
+  from a trained model, with the score convention of config.training.continuous. `sharding`
+  (e.g. batch-sharded over a device mesh) lays out the samples, and with them the sampling work,
+  over the devices.
+
+  A class-conditional model (models.num_data_classes) draws sample k of class class_labels[k]
+  (default: k mod num_classes, all classes in turn), guided at config.sampling.guidance_scale
+  (classifier-free guidance; None: the conditional score alone).
+  """
   continuous = bool(config_checks.get(config, 'training.continuous'))
   sampler = get_sampler(config, sde, continuous)
+  num_classes = models_lib.num_data_classes(config)
+  scale = config.sampling.get('guidance_scale')
+  if scale is not None and num_classes is None:
+    raise ValueError(f'Config field sampling.guidance_scale = {scale} needs a class-conditional '
+                     'model: set model.num_classes (NCSN++, DDPM or MLP models).')
+  one_at_a_time = config.sampling.method == 'ode'  # it solves each sample alone
 
   @jax.jit
-  def draw(variables, key, first_index=0):
+  def draw(variables, key, first_index=0, class_labels=None):
     score_fn = models_lib.get_score_fn(sde, model, variables, train=False, continuous=continuous)
-    samples, nfe = sampler(key, score_fn, shape, first_index)
+    if num_classes is None:
+      samples, nfe = sampler(key, score_fn, shape, first_index)
+    else:
+      if class_labels is None:
+        class_labels = (first_index + jnp.arange(shape[0])) % num_classes
+      class_score = lambda x, t, class_labels: score_fn(x, t, class_labels=class_labels)  # noqa
+      if one_at_a_time:
+        def draw_one(index, label):
+          guided = guidance.guided_score_fn(class_score, label, scale, num_classes)
+          return sampler(key, guided, (1, *shape[1:]), first_index + index)
+        samples, nfe = jax.vmap(draw_one)(jnp.arange(shape[0]), class_labels)
+        samples, nfe = samples.reshape(shape), nfe.reshape(shape[0])
+      else:
+        guided = guidance.guided_score_fn(class_score, class_labels, scale, num_classes)
+        samples, nfe = sampler(key, guided, shape, first_index)
     if sharding is not None:
       samples = jax.lax.with_sharding_constraint(samples, sharding)
     return samples, nfe

@@ -1,0 +1,17 @@
+"""The config.sampling fields of the fast samplers and guidance, shared by every default config."""
+from ml_collections.config_dict import placeholder
+
+
+def add_fast_sampler_fields(sampling) -> None:
+  """Adds the fields of methods 'ddim', 'dpm_solver' and 'edm' and of classifier-free guidance."""
+  sampling.steps = placeholder(int)  # number of steps; or set sampling.nfe instead
+  sampling.nfe = placeholder(int)  # budget of score evaluations
+  sampling.time_schedule = placeholder(str)  # None: the sampler's own default
+  sampling.eta = 0.0  # DDIM
+  sampling.dpm_solver_variant = '2M'  # '2M' | '2S' | '3S'
+  sampling.rho = 7.0  # EDM's schedule exponent (time_schedule 'rho')
+  sampling.s_churn = 0.0  # EDM churn
+  sampling.s_min = 0.0
+  sampling.s_max = placeholder(float)  # None: no upper limit
+  sampling.s_noise = 1.0
+  sampling.guidance_scale = placeholder(float)  # class-conditional models; None: no guidance
