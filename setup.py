@@ -23,6 +23,6 @@ setup(
         'matplotlib',
         'numpy',
     ],
-    extras_require={'test': ['pytest', 'pytest-xdist', 'scipy']},
+    extras_require={'test': ['pytest', 'pytest-xdist', 'scipy', 'nbclient', 'nbformat', 'ipykernel']},
     entry_points={'console_scripts': ['score-sde=score_sde.main:run']},
 )

@@ -8,7 +8,7 @@ def add_fast_sampler_fields(sampling) -> None:
   sampling.nfe = placeholder(int)  # budget of score evaluations
   sampling.time_schedule = placeholder(str)  # None: the sampler's own default
   sampling.eta = 0.0  # DDIM
-  sampling.dpm_solver_variant = '2M'  # '2M' | '2S' | '3S'
+  sampling.dpm_solver_variant = '2M'  # '2M' | '3M' | '2S' | '3S'
   sampling.rho = 7.0  # EDM's schedule exponent (time_schedule 'rho')
   sampling.s_churn = 0.0  # EDM churn
   sampling.s_min = 0.0

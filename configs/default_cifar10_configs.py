@@ -29,6 +29,8 @@ def get_default_configs():
   training.n_jitted_steps = 5
   training.reduce_mean = False
   training.label_dropout = placeholder(float)  # class-conditional models; None: 0
+  training.edm_p_mean = placeholder(float)  # model.preconditioning 'edm'; None: -1.2
+  training.edm_p_std = placeholder(float)  # model.preconditioning 'edm'; None: 1.2
 
   config.sampling = sampling = ml_collections.ConfigDict()
   sampling.n_steps_each = 1
@@ -89,6 +91,8 @@ def get_default_configs():
   model.dropout = 0.1
   model.embedding_type = 'fourier'
   model.num_classes = placeholder(int)  # NCSN++ / DDPM: data classes; None: unconditional
+  model.preconditioning = placeholder(str)  # 'edm' (Karras et al. 2022); None: official
+  model.sigma_data = placeholder(float)  # model.preconditioning 'edm'; None: 0.5
 
   config.optim = optim = ml_collections.ConfigDict()
   optim.weight_decay = 0.

@@ -23,6 +23,8 @@ def get_default_configs():
   training.snapshot_freq_for_preemption = 1000  # overwritten checkpoints for preemption
   training.snapshot_sampling = True
   training.label_dropout = placeholder(float)  # class-conditional models; None: 0
+  training.edm_p_mean = placeholder(float)  # model.preconditioning 'edm'; None: -1.2
+  training.edm_p_std = placeholder(float)  # model.preconditioning 'edm'; None: 1.2
 
   config.sampling = sampling = ml_collections.ConfigDict()
   sampling.method = 'pc'
@@ -76,6 +78,8 @@ def get_default_configs():
   model.dropout = 0.0
   model.scale_by_sigma = False
   model.num_classes = placeholder(int)  # data classes; None: unconditional
+  model.preconditioning = placeholder(str)  # 'edm' (Karras et al. 2022); None: official
+  model.sigma_data = placeholder(float)  # model.preconditioning 'edm'; None: 0.5
   model.ema_rate = 0.999
   model.num_scales = 1000
   model.beta_min = 0.1

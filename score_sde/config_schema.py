@@ -24,6 +24,10 @@ FIELDS = {
         'label_dropout': 'class-conditional models: probability in [0, 1) that a training '
                          'label is replaced by the null label (classifier-free guidance; '
                          'None: 0)',
+        'edm_p_mean': "model.preconditioning 'edm': mean of the log noise levels of the loss "
+                      '(None: -1.2)',
+        'edm_p_std': "model.preconditioning 'edm': std of the log noise levels of the loss "
+                     '(None: 1.2)',
     },
     'sampling': {
         'method': "'pc' (predictor-corrector) | 'ode' (probability flow) | 'ddim' | 'dpm_solver' | "
@@ -44,7 +48,7 @@ FIELDS = {
         'nfe': "methods 'ddim' | 'dpm_solver' | 'edm': budget of score evaluations",
         'time_schedule': "'time_uniform' | 'logsnr' | 'quadratic' | 'rho' (None: the method's)",
         'eta': "method 'ddim': 0 deterministic, 1 the DDPM posterior noise",
-        'dpm_solver_variant': "method 'dpm_solver': '2M' | '2S' | '3S'",
+        'dpm_solver_variant': "method 'dpm_solver': '2M' | '3M' | '2S' | '3S'",
         'rho': "time_schedule 'rho': EDM's exponent of the sigma / alpha schedule",
         's_churn': "method 'edm': stochastic churn (0: deterministic Heun)",
         's_min': "method 'edm': smallest sigma / alpha with churn",
@@ -122,6 +126,10 @@ FIELDS = {
                        'NCSN++ / DDPM / MLP: number of data classes of a class-conditional '
                        'model (None: unconditional)',
         'scale_by_sigma': 'divide the network output by the noise level',
+        'preconditioning': "None (the official parameterisations) | 'edm' (Karras et al. 2022: "
+                           'the network is the F of a denoiser, score_sde.edm)',
+        'sigma_data': "model.preconditioning 'edm': std of the data (None: 0.5, images in "
+                      '[-1, 1])',
         'ema_rate': 'rate of the exponential moving average of the weights (0: none)',
         'num_scales': 'number of noise levels / discrete steps N',
         'sigma_min': 'VE SDE: smallest noise level',

@@ -20,14 +20,24 @@ score_sde.sampling draws from an EDM-trained network.
 A network whose noise embedding takes the logarithm of its input itself (embedding_type
 'fourier', the VE models) is given sigma instead of c_noise; it then embeds ln(sigma), which is
 c_noise up to the factor 4.
+
+From a config (`from_config`): model.preconditioning = 'edm' with model.sigma_data and
+training.edm_p_mean / edm_p_std (None: the paper's 0.5, -1.2, 1.2) makes the losses train the
+network this way and models.get_score_fn turn it into the SDE's score.
 """
 import dataclasses
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
 
+from score_sde import config_checks
 from score_sde import sde as sde_lib
 from score_sde.sde import expand_to
+
+PRECONDITIONINGS = ('edm',)  # model.preconditioning; None: the official parameterisations
+# Networks that take a real noise level as their noise input (NCSN / NCSNv2 take sigma indices).
+EDM_MODELS = ('ddpm', 'mlp', 'ncsnpp')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,3 +97,49 @@ def denoiser_score_fn(denoise, sde: sde_lib.SDE):
     return (expand_to(alpha, x) * denoised - x) / expand_to(sigma**2, x)
 
   return score_fn
+
+
+# Config fields of from_config -> the EDMPreconditioning parameters they set.
+FIELD_PARAMETERS = {'model.sigma_data': 'sigma_data', 'training.edm_p_mean': 'p_mean',
+                    'training.edm_p_std': 'p_std'}
+
+
+def _field_or_default(config, field: str) -> float:
+  """A real config field; absent or None: the EDMPreconditioning default (the paper's)."""
+  section, name = field.split('.')
+  value = config[section].get(name)
+  default = EDMPreconditioning.__dataclass_fields__[FIELD_PARAMETERS[field]].default
+  if value is None:
+    return default
+  if isinstance(value, bool) or not isinstance(value, (int, float)):
+    raise ValueError(f'Config field {field} = {value!r} must be a number (None: {default}).')
+  if field != 'training.edm_p_mean' and not value > 0:
+    raise ValueError(f'Config field {field} = {value!r} must be positive (None: {default}).')
+  return float(value)
+
+
+def from_config(config) -> Optional[EDMPreconditioning]:
+  """The EDMPreconditioning that config.model.preconditioning asks for, or None (absent or None:
+  the official parameterisations of models.get_score_fn). ValueError, naming the field, for an
+  unknown preconditioning or one that cannot hold: discrete training, likelihood weighting,
+  model.scale_by_sigma (c_out scales the output already) or a model without a real-valued noise
+  input."""
+  name = config.model.get('preconditioning')
+  if name is None:
+    return None
+  config_checks.choice(config, 'model.preconditioning', PRECONDITIONINGS)
+  config_checks.choice(config, 'model.name', EDM_MODELS)
+  if not config_checks.boolean(config, 'training.continuous'):
+    raise ValueError("Config field model.preconditioning = 'edm' trains on continuous noise "
+                     'levels and needs training.continuous = True.')
+  if config.training.get('likelihood_weighting', False):
+    raise ValueError("Config field training.likelihood_weighting = True does not apply to "
+                     "model.preconditioning = 'edm', whose loss has its own weighting; set it "
+                     'to False.')
+  if config.model.get('scale_by_sigma', False):
+    raise ValueError("Config field model.scale_by_sigma = True does not apply to "
+                     "model.preconditioning = 'edm' (c_out scales the output); set it to False.")
+  return EDMPreconditioning(
+      **{parameter: _field_or_default(config, field)
+         for field, parameter in FIELD_PARAMETERS.items()},
+      log_embedding=config_checks.get(config, 'model.embedding_type') == 'fourier')

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import optax
 
 from score_sde import config_checks
+from score_sde import edm
 from score_sde import models as models_lib
 from score_sde import sde as sde_lib
 
@@ -107,9 +108,10 @@ def get_loss_fn(config, sde: sde_lib.SDE, model, train: bool,
   A class-conditional model (models.num_data_classes) needs class_labels int (B,) (ValueError
   when traced without them); with `train`, each is replaced by the null label num_classes with
   probability training.label_dropout, drawn from a key split off `key`. Unconditional models
-  ignore class_labels. Raises ValueError, before anything is compiled, for combinations with no
-  loss: discrete training of subVP, likelihood weighting with discrete training, label dropout
-  outside [0, 1) or without a class-conditional model.
+  ignore class_labels. With model.preconditioning = 'edm' the loss is EDM's (edm.py), on noise
+  levels drawn from training.edm_p_mean / edm_p_std. Raises ValueError, before anything is
+  compiled, for combinations with no loss: discrete training of subVP, likelihood weighting with
+  discrete training or EDM, label dropout outside [0, 1) or without a class-conditional model.
   """
   reduce_mean = bool(config_checks.get(config, 'training.reduce_mean'))
   continuous = bool(config_checks.get(config, 'training.continuous'))
@@ -120,6 +122,7 @@ def get_loss_fn(config, sde: sde_lib.SDE, model, train: bool,
   if not continuous and not isinstance(sde, (sde_lib.VESDE, sde_lib.VPSDE)):
     raise ValueError(f'Config field training.continuous = False is only supported for '
                      f"training.sde in ['vesde', 'vpsde'], not {type(sde).__name__}.")
+  preconditioning = edm.from_config(config)
   dropout_rate = label_dropout(config)
   num_classes = models_lib.num_data_classes(config)
   if dropout_rate > 0 and num_classes is None:
@@ -138,6 +141,11 @@ def get_loss_fn(config, sde: sde_lib.SDE, model, train: bool,
       key, drop_key = jax.random.split(key)
       class_labels = drop_labels(drop_key, class_labels, dropout_rate, num_classes)
     variables = {'params': params}
+    if preconditioning is not None:
+      model_fn = models_lib.get_model_fn(model, variables, train=train)
+      key, dropout_key = jax.random.split(key)
+      return preconditioning.loss(key, x0, model_fn, reduce_mean=reduce_mean, rng=dropout_key,
+                                  class_labels=class_labels)
     if continuous:
       score_fn = models_lib.get_score_fn(sde, model, variables, train=train, continuous=True)
       return continuous_dsm_loss(key, x0, score_fn, sde, reduce_mean=reduce_mean,

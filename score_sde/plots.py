@@ -1,11 +1,10 @@
 """Pictures of samples, written as PNG files: 2-D scatter plots (samples beside the data) and
-image grids."""
-import matplotlib
-
-matplotlib.use('Agg')
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
+image grids. Figures are drawn on their own Agg canvas, without pyplot, so importing this module
+leaves the matplotlib backend of a notebook or script alone."""
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from PIL import Image
 
 
 def save_scatter(path: str, panels: dict, limit: float = None) -> str:
@@ -14,14 +13,15 @@ def save_scatter(path: str, panels: dict, limit: float = None) -> str:
   arrays = [np.asarray(points) for points in panels.values()]
   if limit is None:
     limit = 1.05 * max(float(np.quantile(np.abs(a), 0.999)) for a in arrays)
-  figure, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4.5), squeeze=False)
+  figure = Figure(figsize=(4.5 * len(panels), 4.5))
+  FigureCanvasAgg(figure)
+  axes = figure.subplots(1, len(panels), squeeze=False)
   for ax, (title, points) in zip(axes[0], zip(panels, arrays)):
     ax.scatter(points[:, 0], points[:, 1], s=1, alpha=0.4, linewidths=0)
     ax.set(title=f'{title} (n = {len(points)})', xlim=(-limit, limit), ylim=(-limit, limit),
            aspect='equal')
   figure.tight_layout()
   figure.savefig(path, dpi=100)
-  plt.close(figure)
   return path
 
 

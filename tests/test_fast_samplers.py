@@ -1,6 +1,6 @@
 """DDIM, DPM-Solver++ and EDM-Heun on the Gaussian-mixture oracle (exact score), on VP, sub-VP and
 VE: samples follow the mixture at the default budgets; the deterministic samplers converge to the
-probability-flow ODE solution at their orders (DDIM 1, DPM-Solver++ 2M / 2S and Heun 2, 3S 3),
+probability-flow ODE solution at their orders (DDIM 1, DPM-Solver++ 2M / 2S and Heun 2, 3M / 3S 3),
 measured as the slope of the error against the step size; discrete models run on their own steps;
 classifier-free guidance at scales 0 and 1 is the unconditional and the conditional score."""
 import dataclasses
@@ -30,11 +30,13 @@ SAMPLERS = {
                                                                eps=eps),
     'dpm_3s': lambda sde, eps: sampling.get_dpm_solver_sampler(sde, variant='3S', nfe=49,
                                                                eps=eps),
+    'dpm_3m': lambda sde, eps: sampling.get_dpm_solver_sampler(sde, variant='3M', nfe=30,
+                                                               schedule='quadratic', eps=eps),
     'edm': lambda sde, eps: sampling.get_edm_sampler(sde, nfe=51, eps=eps),
     'edm_churn': lambda sde, eps: sampling.get_edm_sampler(sde, nfe=101, s_churn=40.0, eps=eps),
 }
 EXPECTED_NFE = {'ddim': 100, 'ddim_eta1': 200, 'dpm_2m': 50, 'dpm_2s': 51, 'dpm_3s': 49,
-                'edm': 51, 'edm_churn': 101}
+                'dpm_3m': 30, 'edm': 51, 'edm_churn': 101}
 
 
 @pytest.mark.parametrize('name', oracle.SDES)
@@ -62,6 +64,8 @@ ORDERS = {  # sampler -> (builder, step counts, expected order)
                                                            denoise=False), (40, 80, 160), 1),
     'dpm_2m': (lambda sde, n, eps: sampling.get_dpm_solver_sampler(
         sde, num_steps=n, eps=eps, denoise=False), (40, 80, 160), 2),
+    'dpm_3m': (lambda sde, n, eps: sampling.get_dpm_solver_sampler(
+        sde, variant='3M', num_steps=n, eps=eps, denoise=False), (40, 80, 160), 3),
     'dpm_2s': (lambda sde, n, eps: sampling.get_dpm_solver_sampler(
         sde, variant='2S', num_steps=n, eps=eps, denoise=False), (20, 40, 80), 2),
     'dpm_3s': (lambda sde, n, eps: sampling.get_dpm_solver_sampler(

@@ -106,7 +106,10 @@ sharded = sampling.get_model_sampler(config, experiment.sde, experiment.model, (
 plain = sampling.get_model_sampler(config, experiment.sde, experiment.model, (64, 2))
 x = sharded(variables, key, 0)[0]
 rows = set(re.findall(r'f32\\[(\\d+),2\\]', sharded.lower(variables, key, 0).compile().as_text()))
-np.testing.assert_array_equal(np.asarray(x), np.asarray(plain({'params': params}, key, 0)[0]))
+# Same noise per sample, so the same samples, up to float rounding: XLA may pick other matmul
+# kernels for 16 rows than for 64 (seen: 3e-6 relative after 1000 steps on some CPUs).
+np.testing.assert_allclose(np.asarray(x), np.asarray(plain({'params': params}, key, 0)[0]),
+                           rtol=1e-4)
 bpd_fn = likelihood.get_model_bpd_fn(config, experiment.sde, experiment.model)
 points = np.random.default_rng(0).normal(size=(8, 2)).astype(np.float32)
 bpd = bpd_fn(variables, key, parallel.global_batch(mesh, points))[0]

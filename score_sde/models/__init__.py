@@ -15,6 +15,11 @@ checkpoints sample correctly here (`get_score_fn`):
 Class-conditional models (NCSN++, DDPM and MLP with model.num_classes, see models.conditioning)
 also take `class_labels` int (B,), the null label num_classes (or None) for an unconditional
 prediction; model and score functions pass them through.
+
+A model with model.preconditioning = 'edm' is instead the network F of an EDM denoiser (Karras
+et al. 2022): its noise input is c_noise(sigma) (sigma itself for embedding_type 'fourier') with
+sigma = std(t) / mean-scale(t), whatever the SDE, and the score is that of the denoiser
+(score_sde.edm).
 """
 from typing import Callable, Optional
 
@@ -23,6 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from score_sde import config_checks
+from score_sde import edm
 from score_sde import sde as sde_lib
 from score_sde.models import conditioning
 from score_sde.registry import Registry
@@ -88,8 +94,19 @@ def get_model_fn(model: nn.Module, variables, train: bool = False) -> Callable:
 def get_score_fn(sde: sde_lib.SDE, model: nn.Module, variables, train: bool = False,
                  continuous: bool = False) -> Callable:
   """score_fn(x, t, rng=None, class_labels=None) -> score estimate like x, for x (B, ...) and
-  t (B,) in [0, T]; class_labels int (B,) as in `get_model_fn` (None: unconditional)."""
+  t (B,) in [0, T]; class_labels int (B,) as in `get_model_fn` (None: unconditional). An EDM
+  model (model.config.model.preconditioning) gives its denoiser's score, for either `continuous`."""
   model_fn = get_model_fn(model, variables, train=train)
+  config = getattr(model, 'config', None)
+  preconditioning = edm.from_config(config) if config is not None else None
+
+  if preconditioning is not None:
+    denoiser_score = edm.denoiser_score_fn(preconditioning.denoiser(model_fn), sde)
+
+    def score_fn(x, t, rng=None, class_labels=None):
+      return denoiser_score(x, t, rng=rng, class_labels=class_labels)
+
+    return score_fn
 
   if isinstance(sde, (sde_lib.VPSDE, sde_lib.subVPSDE)):
 

@@ -14,7 +14,7 @@ class MLP(nn.Module):
 
   The noise label is embedded with sinusoidal features (`embedding_type='positional'`, for VP
   labels 999 t or step indices) or random Fourier features of log(label) (`'fourier'`, for VE
-  labels sigma), passed through a dense layer, and projected into every hidden layer. With
+  labels sigma, and EDM models), passed through a dense layer, and projected into every hidden layer. With
   `scale_by_sigma` the output is divided by the label (= sigma for continuous VE models), so the
   network predicts sigma times the score (Song & Ermon 2020, technique 3). With num_classes = n
   the model is class-conditional: class_labels int (B,) in 0 .. n (n, and None, the null label)
@@ -39,11 +39,12 @@ class MLP(nn.Module):
     embedding_type = config_checks.choice(config, 'model.embedding_type', ('fourier', 'positional'))
     dropout = config_checks.unit_interval(config, 'model.dropout')
 
-    continuous_ve = (config_checks.get(config, 'training.sde') == 'vesde' and
-                     bool(config_checks.get(config, 'training.continuous')))
-    if embedding_type == 'fourier' and not continuous_ve:
+    sigma_labels = config.model.get('preconditioning') == 'edm' or (
+        config_checks.get(config, 'training.sde') == 'vesde' and
+        bool(config_checks.get(config, 'training.continuous')))
+    if embedding_type == 'fourier' and not sigma_labels:
       raise ValueError("model.embedding_type = 'fourier' embeds log(sigma) and needs the sigma "
-                       'labels of a continuous VESDE model; use '
+                       "labels of a continuous VESDE model or model.preconditioning = 'edm'; use "
                        "'positional' for VP, subVP and discrete models.")
     if embedding_type == 'fourier':
       temb = layers.GaussianFourierProjection(
