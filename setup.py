@@ -23,6 +23,7 @@ setup(
         'matplotlib',
         'numpy',
     ],
-    extras_require={'test': ['pytest', 'pytest-xdist', 'scipy', 'nbclient', 'nbformat', 'ipykernel']},
+    extras_require={'test': ['pytest', 'pytest-xdist', 'scipy',
+                             'nbclient', 'nbformat', 'ipykernel']},
     entry_points={'console_scripts': ['score-sde=score_sde.main:run']},
 )

@@ -43,11 +43,14 @@ class TrainedRun:
     """Data classes of a class-conditional model, else None."""
     return models_lib.num_data_classes(self.config)
 
+  def _model_score(self) -> Callable:
+    return models_lib.get_score_fn(self.sde, self.model, self.variables,
+                                   continuous=self.continuous)
+
   def score_fn(self, class_labels=None) -> Callable:
     """score_fn(x, t) of the EMA model; class_labels int (B,) condition a class-conditional
     model (None: its unconditional score)."""
-    score = models_lib.get_score_fn(self.sde, self.model, self.variables,
-                                    continuous=self.continuous)
+    score = self._model_score()
     if class_labels is None:
       return lambda x, t: score(x, t)
     labels = jnp.asarray(class_labels, jnp.int32)
@@ -59,9 +62,7 @@ class TrainedRun:
     if self.num_classes is None:
       raise ValueError('Guidance needs a class-conditional run (config field model.num_classes '
                        'set); this one is unconditional.')
-    score = models_lib.get_score_fn(self.sde, self.model, self.variables,
-                                    continuous=self.continuous)
-    labels = jnp.asarray(class_labels, jnp.int32)
+    score, labels = self._model_score(), jnp.asarray(class_labels, jnp.int32)
     return lambda scale: guidance.guided_score_fn(score, labels, scale, self.num_classes)
 
   def to_data(self, samples):

@@ -14,12 +14,12 @@ class MLP(nn.Module):
 
   The noise label is embedded with sinusoidal features (`embedding_type='positional'`, for VP
   labels 999 t or step indices) or random Fourier features of log(label) (`'fourier'`, for VE
-  labels sigma, and EDM models), passed through a dense layer, and projected into every hidden layer. With
-  `scale_by_sigma` the output is divided by the label (= sigma for continuous VE models), so the
-  network predicts sigma times the score (Song & Ermon 2020, technique 3). With num_classes = n
-  the model is class-conditional: class_labels int (B,) in 0 .. n (n, and None, the null label)
-  are embedded into nf features added to the output of that dense layer, before its activation
-  (models.conditioning).
+  labels sigma, and EDM models), passed through a dense layer, and projected into every hidden
+  layer. With `scale_by_sigma` the output is divided by the label (= sigma for continuous VE
+  models), so the network predicts sigma times the score (Song & Ermon 2020, technique 3). With
+  num_classes = n the model is class-conditional: class_labels int (B,) in 0 .. n (n, and None,
+  the null label) are embedded into nf features added to the output of that dense layer,
+  before its activation (models.conditioning).
 
   Config fields (config.model): nf (hidden width), num_layers, embedding_type, fourier_scale,
   nonlinearity, dropout, scale_by_sigma, num_classes.
