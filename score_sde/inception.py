@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from score_sde import tensor_files
+
 ENV_WEIGHTS = 'SCORE_SDE_INCEPTION_WEIGHTS'
 WEIGHTS_URL = ('https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/'
                'pt_inception-2015-12-05-6726825d.pth')
@@ -235,6 +237,5 @@ def load_inception(path: str) -> dict:
           node = node.setdefault(parent, {})
         node[leaf] = arrays[key]
       return params
-  from score_sde import official_checkpoints
-  saved = official_checkpoints.read_torch_file(path)
+  saved = tensor_files.read_torch_file(path)
   return params_from_state_dict(saved.get('state_dict', saved))

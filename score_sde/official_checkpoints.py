@@ -15,10 +15,8 @@ Every stored leaf is checked against the model's params tree (path and shape); a
 reported together, by path, in one ValueError. `convert_to_workdir` turns either file into an
 orbax checkpoint that `score_sde.train.train` resumes from.
 """
-import collections
 import dataclasses
 import os
-import pickle
 import zipfile
 from typing import Optional
 
@@ -29,6 +27,7 @@ import optax
 from flax import serialization, traverse_util
 
 from score_sde import checkpoints, config_checks, datasets, train, workdir
+from score_sde.tensor_files import match_params, read_torch_file
 from score_sde import models as models_lib
 
 FORMATS = ('jax', 'torch')
@@ -82,51 +81,6 @@ def model_params_layout(config, data_shape: Optional[tuple] = None) -> tuple:
   return jax.eval_shape(init, jax.random.PRNGKey(0)), order
 
 
-def _is_group_norm_leaf(path: str) -> bool:
-  parts = path.split('/')
-  return len(parts) >= 2 and parts[-2].startswith('GroupNorm_') and parts[-1] in ('scale', 'bias')
-
-
-def match_params(tree: dict, shapes: dict, what: str, origins: Optional[dict] = None,
-                 notes: tuple = ()) -> dict:
-  """`tree` as our params: nested dicts of arrays, every leaf checked against `shapes`.
-
-  Leaves are cast to the model's dtypes; GroupNorm scales and biases stored as (1, 1, 1, C) (flax
-  before 0.4) become (C,). Raises ValueError naming `what` and listing every missing, unexpected
-  and wrongly shaped leaf by path (with its origin in the file from `origins`, path -> str), after
-  the lines in `notes`.
-  """
-  stored = traverse_util.flatten_dict(tree, sep='/')
-  expected = traverse_util.flatten_dict(shapes, sep='/')
-  origins = origins or {}
-
-  def where(path):
-    return f' (from {origins[path]})' if path in origins else ''
-
-  problems = list(notes)
-  result = {}
-  for path in sorted(expected.keys() | stored.keys()):
-    if path not in stored:
-      problems.append(f'missing {path}, shape {tuple(expected[path].shape)}')
-      continue
-    value = np.asarray(stored[path])
-    if path not in expected:
-      problems.append(f'unexpected {path}{where(path)}, shape {value.shape}')
-      continue
-    shape = tuple(expected[path].shape)
-    if (value.shape != shape and _is_group_norm_leaf(path) and len(shape) == 1 and
-        value.shape == (1, 1, 1) + shape):
-      value = value.reshape(shape)
-    if value.shape != shape:
-      problems.append(f'wrong shape {path}{where(path)}: stored {value.shape}, model {shape}')
-      continue
-    result[path] = value.astype(expected[path].dtype)
-  if problems:
-    raise ValueError(f'{what} does not fit the params of the config\'s model '
-                     f'({len(problems)} problems):\n  ' + '\n  '.join(problems))
-  return traverse_util.unflatten_dict(result, sep='/')
-
-
 # ---------------------------------------------------------------------------------------------
 # The official JAX format.
 
@@ -178,103 +132,6 @@ def jax_state_to_checkpoint(state: dict, shapes: dict) -> OfficialCheckpoint:
                        mu=match_params(mu, shapes, 'optimizer.state.param_states (grad_ema)'),
                        nu=match_params(nu, shapes, 'optimizer.state.param_states (grad_sq_ema)'))
   return OfficialCheckpoint(params, params_ema, adam, int(np.asarray(state['step'])))
-
-
-# ---------------------------------------------------------------------------------------------
-# Reading torch.save zip files without torch.
-
-_TORCH_STORAGE_DTYPES = {
-    'DoubleStorage': np.float64, 'FloatStorage': np.float32, 'HalfStorage': np.float16,
-    'BFloat16Storage': jnp.bfloat16, 'LongStorage': np.int64, 'IntStorage': np.int32,
-    'ShortStorage': np.int16, 'CharStorage': np.int8, 'ByteStorage': np.uint8,
-    'BoolStorage': np.bool_,
-}
-
-
-@dataclasses.dataclass(frozen=True)
-class _StorageType:
-  dtype: np.dtype
-
-
-def _rebuild_tensor(storage, offset, size, stride, *unused):
-  """torch._utils._rebuild_tensor_v2 as numpy: the strided view of `storage`, copied."""
-  size, stride = tuple(size), tuple(stride)
-  if len(size) != len(stride) or offset < 0 or min(stride, default=0) < 0:
-    raise pickle.UnpicklingError(f'Bad tensor layout: size {size}, stride {stride}')
-  if 0 in size:
-    return np.zeros(size, storage.dtype.newbyteorder('='))
-  last = offset + sum((n - 1) * s for n, s in zip(size, stride))
-  if last >= storage.size:
-    raise pickle.UnpicklingError(f'Tensor of size {size} runs past its storage')
-  view = np.lib.stride_tricks.as_strided(storage[offset:], size,
-                                         [s * storage.itemsize for s in stride])
-  return view.astype(storage.dtype.newbyteorder('='))
-
-
-def _rebuild_parameter(data, *unused):
-  return data
-
-
-class _TensorUnpickler(pickle.Unpickler):
-  """Unpickles a torch.save data.pkl into numpy arrays; any global but the few a saved tensor
-  needs is refused, so reading a file can run no code."""
-
-  _GLOBALS = {
-      ('collections', 'OrderedDict'): collections.OrderedDict,
-      ('torch._utils', '_rebuild_tensor_v2'): _rebuild_tensor,
-      ('torch._utils', '_rebuild_parameter'): _rebuild_parameter,
-  }
-
-  def __init__(self, file, archive: zipfile.ZipFile, prefix: str, byteorder: str):
-    super().__init__(file)
-    self._archive, self._prefix, self._byteorder = archive, prefix, byteorder
-    self._storages = {}
-
-  def find_class(self, module, name):
-    if module == 'torch' and name in _TORCH_STORAGE_DTYPES:
-      return _StorageType(np.dtype(_TORCH_STORAGE_DTYPES[name]))
-    if (module, name) in self._GLOBALS:
-      return self._GLOBALS[(module, name)]
-    raise pickle.UnpicklingError(
-        f'Refusing to load global {module}.{name}: only tensors, containers and numbers are '
-        'read from PyTorch checkpoints.')
-
-  def persistent_load(self, pid):
-    if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == 'storage' and
-            isinstance(pid[1], _StorageType)):
-      raise pickle.UnpicklingError(f'Unsupported persistent id {pid!r}')
-    _, storage_type, key, _, numel = pid
-    if key not in self._storages:
-      dtype = storage_type.dtype.newbyteorder('<' if self._byteorder == 'little' else '>')
-      data = self._archive.read(f'{self._prefix}data/{key}')
-      storage = np.frombuffer(data, dtype)
-      if storage.size < numel:
-        raise pickle.UnpicklingError(f'Storage {key} holds {storage.size} < {numel} elements')
-      self._storages[key] = storage
-    return self._storages[key]
-
-
-def read_torch_file(path: str):
-  """The object a `torch.save` zip file holds, with tensors as numpy arrays; no torch needed.
-
-  Refuses (ValueError) the legacy pre-1.6 format and any pickled global other than tensors.
-  """
-  if not zipfile.is_zipfile(path):
-    raise ValueError(f'{path} is not a torch.save zip file (torch >= 1.6). Files in the legacy '
-                     'format can be re-saved with torch: torch.save(torch.load(f), new_f).')
-  with zipfile.ZipFile(path) as archive:
-    pickles = [n for n in archive.namelist() if n.endswith('/data.pkl') and n.count('/') == 1]
-    if len(pickles) != 1:
-      raise ValueError(f'{path} is a zip file but not a torch.save archive (no <name>/data.pkl).')
-    prefix = pickles[0][:-len('data.pkl')]
-    names = set(archive.namelist())
-    byteorder = (archive.read(prefix + 'byteorder').decode().strip()
-                 if prefix + 'byteorder' in names else 'little')
-    with archive.open(pickles[0]) as f:
-      try:
-        return _TensorUnpickler(f, archive, prefix, byteorder).load()
-      except Exception as error:  # a malformed pickle raises many types
-        raise ValueError(f'{path} could not be read as a PyTorch checkpoint: {error}') from error
 
 
 # ---------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from flax import serialization, traverse_util
 from configs.toy import vp as toy_vp
 from score_sde import checkpoints, models, train
 from score_sde import official_checkpoints as oc
+from score_sde import tensor_files
 
 from . import torch_writer
 from .helpers import tiny_config
@@ -216,7 +217,7 @@ def test_torch_layouts_compute_the_same_function(tmp_path):
   weights = {f'all_modules.{k}': rng.standard_normal(shape).astype(np.float32)
              for k, shape in shapes_torch.items()}
   torch_writer.save({'model': collections.OrderedDict(weights)}, str(tmp_path / 'm.pth'))
-  checkpoint = oc.torch_state_to_checkpoint(oc.read_torch_file(str(tmp_path / 'm.pth')),
+  checkpoint = oc.torch_state_to_checkpoint(tensor_files.read_torch_file(str(tmp_path / 'm.pth')),
                                             shapes['params'], ['Conv_0', 'GroupNorm_0', 'Dense_0'])
   assert checkpoint.params_ema is None and checkpoint.adam is None
   out = model.apply({'params': checkpoint.params}, jnp.asarray(x.transpose(0, 2, 3, 1)))
@@ -263,7 +264,8 @@ def test_torch_checkpoint_round_trip(fourier_mlp, tmp_path):
   torch_writer.save(torch_checkpoint(f['raw'], f['ema'], f['mu'], f['nu'], f['order'], step=8,
                                      count=8), path, name='checkpoint_8')
   assert oc.detect_format(path) == 'torch'
-  checkpoint = oc.torch_state_to_checkpoint(oc.read_torch_file(path), f['shapes'], f['order'])
+  checkpoint = oc.torch_state_to_checkpoint(tensor_files.read_torch_file(path), f['shapes'],
+                                            f['order'])
   assert checkpoint.step == 8 and checkpoint.adam.count == 8
   for got, want in ((checkpoint.params, 'raw'), (checkpoint.params_ema, 'ema'),
                     (checkpoint.adam.mu, 'mu'), (checkpoint.adam.nu, 'nu')):
@@ -295,7 +297,7 @@ def test_torch_reader_follows_strides_and_refuses_code(tmp_path):
   torch_writer.save({'t': torch_writer.TensorView(storage, 1, (3, 2), (1, 4)),
                      'all': torch_writer.TensorView(storage, 0, (12,), (1,)),
                      'step': np.asarray(3.0, np.float32), 'n': -(2 ** 40)}, path)
-  read = oc.read_torch_file(path)
+  read = tensor_files.read_torch_file(path)
   np.testing.assert_array_equal(read['t'], [[1, 5], [2, 6], [3, 7]])
   np.testing.assert_array_equal(read['all'], storage)
   assert read['step'].shape == () and read['n'] == -(2 ** 40)
@@ -305,7 +307,7 @@ def test_torch_reader_follows_strides_and_refuses_code(tmp_path):
                      pickle.BINUNICODE + b'\x04\x00\x00\x00true' + pickle.TUPLE1 +
                      pickle.REDUCE + pickle.STOP)
   with pytest.raises(ValueError, match='Refusing to load global os.system'):
-    oc.read_torch_file(evil)
+    tensor_files.read_torch_file(evil)
 
 
 def adam_state(opt_state):
