@@ -22,6 +22,7 @@ setup(
         'scikit-learn',
         'matplotlib',
         'numpy',
+        'tokenizers',
     ],
     extras_require={'test': ['pytest', 'pytest-xdist', 'scipy',
                              'nbclient', 'nbformat', 'ipykernel']},

@@ -3,11 +3,15 @@ from ml_collections.config_dict import placeholder
 
 
 def add_fast_sampler_fields(sampling) -> None:
-  """Adds the fields of methods 'ddim', 'dpm_solver' and 'edm' and of classifier-free guidance."""
+  """Adds the fields of methods 'ddim', 'dpm_solver', 'edm' and 'ddim_diffusers' and of
+  classifier-free guidance."""
   sampling.steps = placeholder(int)  # number of steps; or set sampling.nfe instead
   sampling.nfe = placeholder(int)  # budget of score evaluations
   sampling.time_schedule = placeholder(str)  # None: the sampler's own default
   sampling.eta = 0.0  # DDIM
+  sampling.timestep_spacing = 'leading'  # 'ddim_diffusers': Stable Diffusion's scheduler config
+  sampling.steps_offset = 1
+  sampling.set_alpha_to_one = False
   sampling.dpm_solver_variant = '2M'  # '2M' | '3M' | '2S' | '3S'
   sampling.rho = 7.0  # EDM's schedule exponent (time_schedule 'rho')
   sampling.s_churn = 0.0  # EDM churn

@@ -88,6 +88,7 @@ def get_default_configs():
   model.num_scales = 1000
   model.beta_min = 0.1
   model.beta_max = 20.
+  model.beta_schedule = placeholder(str)  # 'scaled_linear' | 'cosine'; None: 'linear'
   model.dropout = 0.1
   model.embedding_type = 'fourier'
   model.num_classes = placeholder(int)  # NCSN++ / DDPM: data classes; None: unconditional

@@ -84,6 +84,7 @@ def get_default_configs():
   model.num_scales = 1000
   model.beta_min = 0.1
   model.beta_max = 20.0
+  model.beta_schedule = placeholder(str)  # 'scaled_linear' | 'cosine'; None: 'linear'
   model.sigma_min = 0.01
   model.sigma_max = 10.0
 

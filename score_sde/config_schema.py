@@ -31,7 +31,7 @@ FIELDS = {
     },
     'sampling': {
         'method': "'pc' (predictor-corrector) | 'ode' (probability flow) | 'ddim' | 'dpm_solver' | "
-                  "'edm'",
+                  "'edm' | 'ddim_diffusers' (diffusers' DDIMScheduler, discrete VP models)",
         'predictor': 'registered predictor name (sampling.registered_predictors())',
         'corrector': 'registered corrector name (sampling.registered_correctors())',
         'snr': 'signal-to-noise ratio setting the Langevin corrector step size',
@@ -44,17 +44,23 @@ FIELDS = {
         'rtol': "method 'ode': relative tolerance of the adaptive solvers",
         'atol': "method 'ode': absolute tolerance of the adaptive solvers",
         'ode_steps': "method 'ode': number of steps of the fixed-step solvers",
-        'steps': "methods 'ddim' | 'dpm_solver' | 'edm': number of steps (or set nfe)",
+        'steps': "methods 'ddim' | 'dpm_solver' | 'edm': number of steps (or set nfe); "
+                 "'ddim_diffusers': diffusers' num_inference_steps",
         'nfe': "methods 'ddim' | 'dpm_solver' | 'edm': budget of score evaluations",
         'time_schedule': "'time_uniform' | 'logsnr' | 'quadratic' | 'rho' (None: the method's)",
-        'eta': "method 'ddim': 0 deterministic, 1 the DDPM posterior noise",
+        'eta': "methods 'ddim' | 'ddim_diffusers': 0 deterministic, 1 the DDPM posterior noise",
+        'timestep_spacing': "method 'ddim_diffusers': 'leading' | 'trailing' | 'linspace' "
+                            "(diffusers' set_timesteps)",
+        'steps_offset': "method 'ddim_diffusers': integer >= 0 added to the 'leading' timesteps",
+        'set_alpha_to_one': "method 'ddim_diffusers': the last step goes to alphabar = 1 (else "
+                            'alphabar_0)',
         'dpm_solver_variant': "method 'dpm_solver': '2M' | '3M' | '2S' | '3S'",
         'rho': "time_schedule 'rho': EDM's exponent of the sigma / alpha schedule",
         's_churn': "method 'edm': stochastic churn (0: deterministic Heun)",
         's_min': "method 'edm': smallest sigma / alpha with churn",
         's_max': "method 'edm': largest sigma / alpha with churn (None: no limit)",
         's_noise': "method 'edm': scale of the churn noise",
-        'guidance_scale': 'class-conditional models: classifier-free guidance scale w '
+        'guidance_scale': 'class- or text-conditional models: classifier-free guidance scale w '
                           '(0 unconditional, 1 conditional; None: conditional without guidance)',
     },
     'likelihood': {
@@ -136,6 +142,7 @@ FIELDS = {
         'sigma_max': 'VE SDE: largest noise level',
         'beta_min': 'VP / sub-VP SDE: beta(0)',
         'beta_max': 'VP / sub-VP SDE: beta(1)',
+        'beta_schedule': "VP / sub-VP SDE: 'linear' | 'scaled_linear' | 'cosine' (None: 'linear')",
     },
     'classifier': {
         'blocks_per_group': 'noise-conditional Wide-ResNet: residual blocks per group',
@@ -151,6 +158,26 @@ FIELDS = {
         'weight_decay': 'decoupled weight decay',
         'warmup': 'steps of linear learning-rate warm-up (0: none)',
         'grad_clip': 'largest global gradient norm (negative: no clipping)',
+    },
+    'latent': {
+        'checkpoint': 'Stable Diffusion checkpoint: a diffusers folder or a .safetensors / .ckpt '
+                      'single file',
+        'architecture': "single files: a preset 'sd1' | 'sd2' | 'sd2-base' or a diffusers folder "
+                        "with the configs (None: the file's family)",
+        'tokenizer': "single files: a tokenizer folder (vocab.json, merges.txt) or OpenAI's "
+                     'bpe_simple_vocab_16e6.txt.gz',
+        'prediction_type': "'epsilon' | 'v_prediction' (None: the checkpoint's or the preset's)",
+        'dtype': "computation and parameter dtype: 'float32' | 'bfloat16' | 'float16' (None: "
+                 'bfloat16 on accelerators, float32 on CPU)',
+        'timesteps': "'discrete' (the U-Net at the chain's steps) | 'continuous' (at the "
+                     'fractional step of the continuous kernel)',
+    },
+    'generate': {
+        'negative_prompt': 'the prompt guidance steers away from (the null context)',
+        'num_images': 'images per prompt',
+        'batch_size': 'images generated at once',
+        'height': 'image height in pixels',
+        'width': 'image width in pixels',
     },
 }
 

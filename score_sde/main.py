@@ -3,6 +3,8 @@
   score-sde --config configs/toy/vp.py --workdir runs/vp --mode train
   score-sde --config configs/toy/vp.py --workdir runs/vp --mode eval --eval_folder eval
   score-sde --config configs/toy/vp.py --config.training.batch_size=64 ...   (field overrides)
+  score-sde --mode generate --config configs/latent/sd15.py --workdir runs/sd \
+      --config.latent.checkpoint=PATH --prompt "a watercolour of a fox"   (Stable Diffusion)
 
 Without --config the embedded default configs/toy/vp.py is used.
 
@@ -24,7 +26,9 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', DEFAULT_CONFIG, 'Experiment config file.',
                                 lock_config=True)
 flags.DEFINE_string('workdir', None, 'Run directory: checkpoints, metrics, samples.')
-flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'sample'], 'What to run.')
+flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'sample', 'generate'],
+                  'What to run (generate: text-to-image with a Stable Diffusion checkpoint).')
+flags.DEFINE_multi_string('prompt', [], '--mode generate: a prompt; repeat the flag for several.')
 flags.DEFINE_string('eval_folder', 'eval', 'Sub-directory of workdir for eval/sample outputs.')
 flags.DEFINE_float('watch_timeout', 0.0, '--mode eval: seconds to wait for a checkpoint of the '
                    'eval.begin_ckpt..end_ckpt range that training has not written yet (0: none).')
@@ -43,11 +47,15 @@ def main(argv):
   from score_sde import parallel
   parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                   FLAGS.process_id)
-  from score_sde import config_checks, evaluate, train
+  from score_sde import config_checks, evaluate, generate, train
 
   config, workdir = FLAGS.config, FLAGS.workdir
   config_checks.all_fields_known(config)
-  if FLAGS.mode == 'train':
+  if FLAGS.prompt and FLAGS.mode != 'generate':
+    raise app.UsageError(f'--prompt is for --mode generate, not --mode {FLAGS.mode}.')
+  if FLAGS.mode == 'generate':
+    generate.generate(config, workdir, FLAGS.prompt, FLAGS.eval_folder)
+  elif FLAGS.mode == 'train':
     train.train(config, workdir)
     print(f'Training finished. Checkpoints: {os.path.join(workdir, "checkpoints")}; '
           f'metrics: {os.path.join(workdir, "metrics.jsonl")}; '

@@ -25,18 +25,25 @@ def save_scatter(path: str, panels: dict, limit: float = None) -> str:
   return path
 
 
-def save_image_grid(path: str, images: np.ndarray, columns: int = None) -> str:
-  """Saves images (n, H, W, C) with values in [0, 1], C = 1 or 3, as one PNG grid with a
-  2-pixel gap, `columns` wide (default: about square). Returns path."""
+def save_image(path: str, image: np.ndarray) -> str:
+  """Saves one image (H, W, C) with values in [0, 1], C = 1 or 3, as an 8-bit PNG. Returns path."""
+  return save_image_grid(path, np.asarray(image)[None], columns=1, gap=0)
+
+
+def save_image_grid(path: str, images: np.ndarray, columns: int = None, gap: int = 2) -> str:
+  """Saves images (n, H, W, C) with values in [0, 1], C = 1 or 3, as one PNG grid with a white
+  gap of `gap` pixels, `columns` wide (default: about square). Returns path."""
   images = np.clip(np.asarray(images, np.float32), 0.0, 1.0)
   n, height, width, channels = images.shape
   if channels not in (1, 3):
     raise ValueError(f'Images need 1 or 3 channels to be saved as PNG; got {channels}.')
   columns = columns or int(np.ceil(np.sqrt(n)))
   rows = int(np.ceil(n / columns))
-  grid = np.ones((rows * (height + 2) + 2, columns * (width + 2) + 2, channels), np.float32)
+  grid = np.ones((rows * (height + gap) + gap, columns * (width + gap) + gap, channels),
+                 np.float32)
   for k, image in enumerate(images):
-    top, left = 2 + (k // columns) * (height + 2), 2 + (k % columns) * (width + 2)
+    top = gap + (k // columns) * (height + gap)
+    left = gap + (k % columns) * (width + gap)
     grid[top:top + height, left:left + width] = image
   pixels = np.round(grid * 255).astype(np.uint8)
   Image.fromarray(pixels[..., 0] if channels == 1 else pixels).save(path)

@@ -13,6 +13,7 @@ SDEs are immutable and built with keywords, e.g. VPSDE(beta_min=0.1, beta_max=20
 import abc
 import dataclasses
 import functools
+import math
 from typing import Callable
 
 import jax
@@ -136,21 +137,87 @@ class ReverseSDE:
     return rev_f, rev_G
 
 
+BETA_SCHEDULES = ('linear', 'scaled_linear', 'cosine')
+COSINE_S = 0.008  # offset s of the cosine schedule (Nichol & Dhariwal 2021, Eq. 17)
+COSINE_BETA_MAX = 999.0  # its continuous beta(u) at the end of the horizon (DPM-Solver's cut)
+COSINE_BETA_CAP = 0.999  # its largest discrete beta_i (Nichol & Dhariwal 2021; diffusers)
+
+
+def _array_module(t):
+  """jnp for jax arrays (traced ones included), numpy otherwise: the schedules serve the jitted
+  samplers and the float64 numpy coefficients of sampling.grid alike."""
+  return jnp if isinstance(t, jax.Array) else np
+
+
+def _cosine_angle(u):
+  """(u + s) / (1 + s) pi / 2: f(u) = cos(angle)^2 is the cosine schedule's alphabar (Eq. 17)."""
+  return (u + COSINE_S) / (1.0 + COSINE_S) * (math.pi / 2)
+
+
+def _cosine_f(u):
+  """f(u) = cos((u + s) / (1 + s) pi / 2)^2 of the cosine schedule, u in [0, 1]; numpy."""
+  return np.cos(_cosine_angle(u)) ** 2
+
+
+# The u in [0, 1) where the continuous cosine beta(u) = pi tan(angle(u)) / (1 + s) reaches
+# COSINE_BETA_MAX: 0.99800 (DPM-Solver's NoiseScheduleVP('cosine').cosine_t_max; the T = 0.9946
+# that NoiseScheduleVP integrates to is a separate, hand-picked end time).
+COSINE_U_MAX = 2.0 * (1.0 + COSINE_S) / math.pi * math.atan(
+    COSINE_BETA_MAX * (1.0 + COSINE_S) / math.pi) - COSINE_S
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class _LinearBetaSDE(SDE):
-  """What VP and sub-VP share: beta(t) = beta_min + t (beta_max - beta_min), the drift
-  -beta(t)/2 x, and the standard normal prior."""
+class _BetaScheduleSDE(SDE):
+  """What VP and sub-VP share: a noise rate beta(t) set by `beta_schedule`, the drift -beta(t)/2 x,
+  the mean scale exp(lmc(t)) with lmc(t) = -1/2 int_0^t beta (Eq. 29), and the standard normal
+  prior. The schedules:
+
+  'linear' (default; DDPM, Song et al. 2021): beta(t) = beta_min + t (beta_max - beta_min).
+  'scaled_linear' (LDM / Stable Diffusion): beta(t) = (sqrt(beta_min) + t (sqrt(beta_max) -
+      sqrt(beta_min)))^2; Stable Diffusion's is beta_min = 0.85, beta_max = 12, N = 1000.
+  'cosine' (Nichol & Dhariwal 2021, Eq. 17): alpha(t)^2 = f(u_max t) / f(0) with
+      f(u) = cos((u + s) / (1 + s) pi / 2)^2, s = 0.008, and its exact rate
+      beta(t) = -d log alpha(t)^2 / dt = u_max pi / (1 + s) tan((u_max t + s) / (1 + s) pi / 2).
+      u_max = 0.99800 is where the rate per unit of u reaches 999 (DPM-Solver's
+      NoiseScheduleVP('cosine') cosine_t_max), so beta(T) = 999 u_max and alpha(T) = 0.0031.
+      beta_min and beta_max are unused.
+
+  Methods take numpy arrays (computed in float64) and jax arrays (traced, float32) alike.
+  """
 
   beta_min: float = 0.1
   beta_max: float = 20.0
   N: int = 1000
+  beta_schedule: str = 'linear'
+
+  def __post_init__(self):
+    if self.beta_schedule not in BETA_SCHEDULES:
+      raise ValueError(f'beta_schedule = {self.beta_schedule!r} is not supported; allowed: '
+                       f'{list(BETA_SCHEDULES)}.')
+
+  def _root_betas(self):
+    """sqrt(beta_min) and sqrt(beta_max) - sqrt(beta_min) of 'scaled_linear'."""
+    return math.sqrt(self.beta_min), math.sqrt(self.beta_max) - math.sqrt(self.beta_min)
 
   def beta(self, t):
-    return self.beta_min + t * (self.beta_max - self.beta_min)
+    """beta(t) of the schedule, like t."""
+    if self.beta_schedule == 'linear':
+      return self.beta_min + t * (self.beta_max - self.beta_min)
+    if self.beta_schedule == 'scaled_linear':
+      root, slope = self._root_betas()
+      return (root + t * slope)**2
+    tangent = _array_module(t).tan(_cosine_angle(COSINE_U_MAX * t))
+    return COSINE_U_MAX * math.pi / (1.0 + COSINE_S) * tangent
 
   def log_mean_coeff(self, t):
-    """log of the mean scale: -1/2 int_0^t beta(s) ds (Eq. 29)."""
-    return -0.25 * t**2 * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min
+    """log of the mean scale: -1/2 int_0^t beta(s) ds (Eq. 29) in closed form, like t."""
+    if self.beta_schedule == 'linear':
+      return -0.25 * t**2 * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min
+    if self.beta_schedule == 'scaled_linear':  # int_0^t (r + c u)^2 du, r, c = _root_betas()
+      root, slope = self._root_betas()
+      return -0.5 * t * (root**2 + t * (root * slope + t * slope**2 / 3.0))
+    xp = _array_module(t)
+    return xp.log(xp.cos(_cosine_angle(COSINE_U_MAX * t))) - math.log(math.cos(_cosine_angle(0.0)))
 
   def prior_sampling(self, key, shape):
     return jax.random.normal(key, shape)
@@ -160,14 +227,27 @@ class _LinearBetaSDE(SDE):
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class VPSDE(_LinearBetaSDE):
+class VPSDE(_BetaScheduleSDE):
   """Variance preserving SDE (Eq. 11): dx = -beta(t)/2 x dt + sqrt(beta(t)) dw.
-  Its discretization is DDPM's Markov chain."""
+  Its discretization is DDPM's Markov chain (`discrete_betas`)."""
 
   @functools.cached_property
   def discrete_betas(self) -> np.ndarray:
-    """DDPM betas beta_i = beta(i / (N - 1)) / N, shape (N,), float64."""
-    return np.linspace(self.beta_min / self.N, self.beta_max / self.N, self.N)
+    """The chain's betas, shape (N,), float64. 'linear' and 'scaled_linear': beta_i = beta(t_i) / N
+    at t_i = i T / (N - 1) (DDPM); for 'scaled_linear' that is linspace(sqrt(beta_min / N),
+    sqrt(beta_max / N), N)^2, diffusers' betas for beta_start = beta_min / N, beta_end =
+    beta_max / N. 'cosine': beta_i = min(1 - f((i + 1) / N) / f(i / N), 0.999) (Nichol & Dhariwal
+    2021, Sec. 3.2; diffusers' 'squaredcos_cap_v2'), so alphabar_i = f((i + 1) / N) / f(0) until
+    the cap. That chain sits at u = (i + 1) / N of f where the continuous kernel sits at u_max t_i.
+    With N = 1000 every schedule's |sqrt(alphabar_i) - alpha(t_i)| stays below 0.004."""
+    if self.beta_schedule == 'linear':
+      return np.linspace(self.beta_min / self.N, self.beta_max / self.N, self.N)
+    if self.beta_schedule == 'scaled_linear':
+      return np.linspace(np.sqrt(self.beta_min / self.N), np.sqrt(self.beta_max / self.N),
+                         self.N)**2
+    u = np.arange(self.N + 1) / self.N
+    f = _cosine_f(u)
+    return np.minimum(1.0 - f[1:] / f[:-1], COSINE_BETA_CAP)
 
   @property
   def alphas(self) -> np.ndarray:
@@ -200,7 +280,7 @@ class VPSDE(_LinearBetaSDE):
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class subVPSDE(_LinearBetaSDE):
+class subVPSDE(_BetaScheduleSDE):
   """Sub-VP SDE (Eq. 12): dx = -beta(t)/2 x dt + sqrt(beta(t) (1 - exp(-2 int_0^t beta))) dw.
 
   Its marginal std is 1 - exp(-int_0^t beta) (Eq. 30), never above the VP one.
@@ -223,7 +303,10 @@ class subVPSDE(_LinearBetaSDE):
 
   def sde(self, x, t):
     beta_t = self.beta(t)
-    discount = 1.0 - jnp.exp(-2.0 * self.beta_min * t - (self.beta_max - self.beta_min) * t**2)
+    if self.beta_schedule == 'linear':  # the official expression, kept bit for bit under jit
+      discount = 1.0 - jnp.exp(-2.0 * self.beta_min * t - (self.beta_max - self.beta_min) * t**2)
+    else:
+      discount = 1.0 - jnp.exp(4.0 * self.log_mean_coeff(t))  # 1 - exp(-2 int_0^t beta)
     return -0.5 * expand_to(beta_t, x) * x, jnp.sqrt(beta_t * discount)
 
   def marginal_prob(self, x, t):
@@ -297,11 +380,19 @@ SDES = {'vpsde': VPSDE, 'subvpsde': subVPSDE, 'vesde': VESDE}
 
 
 def get_sde(config) -> SDE:
-  """Builds the SDE named by `config.training.sde` from the `config.model` noise parameters."""
+  """Builds the SDE named by `config.training.sde` from the `config.model` noise parameters
+  (model.beta_schedule: VP / sub-VP only; None means 'linear')."""
   name = config_checks.choice(config, 'training.sde', SDES)
   num_scales = config_checks.positive_int(config, 'model.num_scales')
+  schedule = config.model.get('beta_schedule')
+  if schedule is not None:
+    config_checks.choice(config, 'model.beta_schedule', BETA_SCHEDULES)
   if name == 'vesde':
+    if schedule is not None:
+      raise ValueError(f'Config field model.beta_schedule = {schedule!r} is for the VP and sub-VP '
+                       "SDEs; with training.sde = 'vesde' set it to None.")
     return VESDE(sigma_min=config_checks.positive_float(config, 'model.sigma_min'),
                  sigma_max=config_checks.positive_float(config, 'model.sigma_max'), N=num_scales)
   return SDES[name](beta_min=config_checks.positive_float(config, 'model.beta_min'),
-                    beta_max=config_checks.positive_float(config, 'model.beta_max'), N=num_scales)
+                    beta_max=config_checks.positive_float(config, 'model.beta_max'), N=num_scales,
+                    beta_schedule=schedule or 'linear')

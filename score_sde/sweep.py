@@ -40,7 +40,8 @@ def build_sampler(sde, method: str, *, continuous: bool = True, eps: float = 1e-
                   steps=None, nfe=None, **options):
   """A sampler from keywords. 'pc': steps (N; default the SDE's), predictor, corrector, snr,
   n_steps_each, ...; 'ode': rtol, atol, solver; 'ddim' | 'dpm_solver' | 'edm': steps or nfe and
-  their options (eta, variant, schedule, rho, s_churn, ...). Unknown options raise TypeError."""
+  their options (eta, variant, schedule, rho, s_churn, ...); 'ddim_diffusers': steps and its
+  options (eta, timestep_spacing, ...), continuous=False. Unknown options raise TypeError."""
   if method == 'pc':
     if nfe is not None:
       raise ValueError("method 'pc' takes steps (its N), not an nfe budget.")
@@ -53,6 +54,11 @@ def build_sampler(sde, method: str, *, continuous: bool = True, eps: float = 1e-
     solver_fields = {k: options.pop(k) for k in ('solver', 'rtol', 'atol') if k in options}
     return sampling.get_ode_sampler(sde, ode_lib.ODESolver(**solver_fields), eps=eps,
                                     continuous=continuous, **options)
+  if method == 'ddim_diffusers':  # diffusers' timesteps end where they end: no eps
+    if continuous or nfe is not None:
+      raise ValueError("method 'ddim_diffusers' runs a discrete model (continuous=False) for "
+                       "`steps` (diffusers' num_inference_steps), not an nfe budget.")
+    return sampling.get_ddim_diffusers_sampler(sde, num_steps=steps, **options)
   builders = {'ddim': sampling.get_ddim_sampler, 'dpm_solver': sampling.get_dpm_solver_sampler,
               'edm': sampling.get_edm_sampler}
   if method not in builders:

@@ -3,6 +3,7 @@
   python scripts/benchmark.py likelihood [--repeats 3] [--batch 16] [--size 16]
   python scripts/benchmark.py train [--repeats 3] [--batch 16] [--size 16] [--steps 5]
   python scripts/benchmark.py samplers [--repeats 3] [--batch 10000]
+  python scripts/benchmark.py stable_diffusion [--repeats 3] [--steps 50] [--batches 1,8]
 
 likelihood: bits/dim of a batch of images (size x size x 3) under a small untrained network,
 through the probability-flow ODE with a Hutchinson (Rademacher) divergence, rtol = atol = 1e-5:
@@ -30,6 +31,17 @@ floor), which varies from draw to draw: its mean and standard deviation sd over 
 samples are measured too, and a sampler reaches PC when its error is at most PC's + 2 sd. Every
 sampler starts from the same prior draws. Also the wall time of each at that NFE (median of
 `repeats`; the machine is shared, so compare ratios).
+
+stable_diffusion: Stable Diffusion 1.5 at its published shape with random weights (no weights
+are downloaded): the parameter counts of the U-Net, VAE and text encoder from their configs
+(jax.eval_shape), the memory XLA plans for one guided denoising step (the U-Net on a batch of 2
+at 64 x 64 x 4 latents), one VAE decode to 512 x 512 and one text encoding, in float32 and
+bfloat16 (compiled memory analysis: arguments + outputs + temporaries), and the seconds per
+denoising step at 64 x 64 x 4 latents (median of `repeats`, compile excluded) with and without
+guidance in float32. On a GPU also 512 x 512 text-to-image in bfloat16: diffusers' DDIM, `steps`
+steps, guidance 7.5, for each batch size of --batches: denoising iterations per second (steps /
+the seconds of the whole denoising loop, one jitted program), images per second with text
+encoding and VAE decoding, and the device's peak memory.
 """
 import argparse
 import importlib
@@ -39,10 +51,10 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from scipy import integrate
-
 from score_sde import gaussian_mixture, likelihood, losses, models, sampling, sweep
+from score_sde import sd_checkpoints, stable_diffusion
 from score_sde import sde as sde_lib
+from score_sde.models import autoencoder, clip_text, clip_tokenizer, unet_ldm
 from configs import default_toy_configs
 
 RTOL = ATOL = 1e-5
@@ -82,6 +94,7 @@ def _ours(sde, score_fn, images, repeats):
 
 
 def _scipy(sde, score_fn, images, repeats):
+  from scipy import integrate  # here: the GPU machine's environment need not have it
   """The official implementation's likelihood: one RK45 solve over the flattened batch."""
   shape = images.shape
   dim = int(np.prod(shape[1:]))
@@ -265,22 +278,164 @@ def benchmark_samplers(repeats: int, batch: int) -> dict:
   return result
 
 
+def _sd15_modules(dtype):
+  a = sd_checkpoints.PRESETS['sd1']
+  return (unet_ldm.UNet(a.unet, dtype=dtype), autoencoder.AutoencoderKL(a.vae, dtype=dtype),
+          clip_text.CLIPTextTransformer(a.text, dtype=dtype))
+
+
+def _sd15_shapes(dtype) -> dict:
+  """The params shapes of SD 1.5's three networks, in `dtype` (no FLOPs)."""
+  unet, vae, text = _sd15_modules(dtype)
+  return {'unet': sd_checkpoints.param_shapes(unet, jnp.zeros((1, 8, 8, 4)), jnp.zeros((1,)),
+                                              jnp.zeros((1, 1, 768)), dtype=dtype),
+          'vae': sd_checkpoints.param_shapes(vae, jnp.zeros((1, 8, 8, 3)), dtype=dtype),
+          'text': sd_checkpoints.param_shapes(text, jnp.zeros((1, 1), jnp.int32), dtype=dtype)}
+
+
+def _random_params(shapes, key):
+  """Parameters shaped like `shapes`: kernels N(0, 1 / fan_in), embeddings N(0, 0.02^2), norm
+  scales 1, biases 0 (moderate activations, like a trained network's)."""
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(shapes)
+  values = []
+  for i, (path, leaf) in enumerate(leaves):
+    name, k = path[-1].key, jax.random.fold_in(key, i)
+    if name == 'kernel':
+      scale = float(np.prod(leaf.shape[:-1])) ** -0.5
+      values.append((scale * jax.random.normal(k, leaf.shape)).astype(leaf.dtype))
+    elif name == 'embedding':
+      values.append((0.02 * jax.random.normal(k, leaf.shape)).astype(leaf.dtype))
+    else:
+      values.append(jnp.full(leaf.shape, 1.0 if name == 'scale' else 0.0, leaf.dtype))
+  return jax.tree_util.tree_unflatten(treedef, values)
+
+
+def _planned_bytes(compiled) -> dict:
+  """XLA's memory plan of a compiled program, in GiB."""
+  analysis = compiled.memory_analysis()
+  sizes = {'arguments': analysis.argument_size_in_bytes,
+           'outputs': analysis.output_size_in_bytes, 'temporaries': analysis.temp_size_in_bytes}
+  sizes['total'] = sum(sizes.values()) - analysis.alias_size_in_bytes
+  return {k: v / 2**30 for k, v in sizes.items()}
+
+
+def _sd15_memory(dtype) -> dict:
+  """Planned memory of one guided U-Net step (batch 2, 64 x 64 x 4), a VAE decode to 512 x 512
+  and a text encoding of 2 prompts, compiled for this machine's backend."""
+  shapes = _sd15_shapes(dtype)
+  unet, vae, text = _sd15_modules(dtype)
+  spec = jax.ShapeDtypeStruct
+  programs = {
+      'unet_step_batch2': (lambda p, x, t, c: unet.apply({'params': p}, x, t, c),
+                           (shapes['unet'], spec((2, 64, 64, 4), jnp.float32),
+                            spec((2,), jnp.int32), spec((2, 77, 768), jnp.float32))),
+      'vae_decode_512': (lambda p, z: vae.apply({'params': p}, z, method='decode'),
+                         (shapes['vae'], spec((1, 64, 64, 4), jnp.float32))),
+      'text_encode_batch2': (lambda p, ids: text.apply({'params': p}, ids)[0],
+                             (shapes['text'], spec((2, 77), jnp.int32))),
+  }
+  return {name: _planned_bytes(jax.jit(f).lower(*args).compile())
+          for name, (f, args) in programs.items()}
+
+
+def _byte_tokenizer() -> clip_tokenizer.CLIPTokenizer:
+  """A CLIP-format tokenizer of the 512 byte symbols alone (no merges): valid ids for the random
+  text encoder, which has CLIP's 49,408-token table."""
+  symbols = clip_tokenizer.byte_characters()
+  tokens = symbols + [s + '</w>' for s in symbols] + [clip_tokenizer.START, clip_tokenizer.END]
+  return clip_tokenizer.CLIPTokenizer({t: i for i, t in enumerate(tokens)}, [])
+
+
+def _sd15_pipeline(dtype) -> stable_diffusion.StableDiffusion:
+  shapes = _sd15_shapes(dtype)
+  params = stable_diffusion.Params(**{name: _random_params(tree, jax.random.PRNGKey(i))
+                                      for i, (name, tree) in enumerate(shapes.items())})
+  return stable_diffusion.StableDiffusion(sd_checkpoints.PRESETS['sd1'], params,
+                                          _byte_tokenizer(), dtype)
+
+
+def _seconds_per_step(pipe, batch: int, guided: bool, repeats: int) -> float:
+  """Median seconds of one jitted denoising step's score: the U-Net on `batch` latents of
+  64 x 64 x 4 (2 x batch with guidance)."""
+  context = jax.random.normal(jax.random.PRNGKey(0), (batch, 77, 768))
+  null = jnp.zeros_like(context)
+
+  @jax.jit
+  def step(params, x, t):
+    return pipe._score_fn(params, context, null, 7.5 if guided else None)(x, t)
+
+  x = jax.random.normal(jax.random.PRNGKey(1), (batch, 64, 64, 4))
+  t = jnp.full((batch,), 0.5)
+  jax.block_until_ready(step(pipe.params.unet, x, t))
+  seconds, _ = _median_seconds(lambda: jax.block_until_ready(step(pipe.params.unet, x, t)),
+                               repeats)
+  return seconds
+
+
+def _gpu_text_to_image(pipe, batches, steps: int, repeats: int) -> dict:
+  """512 x 512 text-to-image (diffusers' DDIM, guidance 7.5) per batch size: iterations/s of
+  the denoising loop, images/s of the whole (text, loop, decode), peak device memory (GiB)."""
+  rows = {}
+  for batch in batches:
+    prompts = ['a photograph of an astronaut riding a horse'] * batch
+    settings = dict(sampler='ddim_diffusers', num_steps=steps, guidance_scale=7.5, height=512,
+                    width=512)
+    start = time.perf_counter()
+    pipe.generate(prompts, **settings)
+    first = time.perf_counter() - start
+    loop, _ = _median_seconds(lambda: pipe.sample_latents(prompts, **settings), repeats)
+    whole, _ = _median_seconds(lambda: pipe.generate(prompts, **settings), repeats)
+    stats = jax.devices()[0].memory_stats() or {}
+    rows[f'batch_{batch}'] = {
+        'iterations_per_second': steps / loop, 'seconds_denoising': loop,
+        'images_per_second': batch / whole, 'first_call_seconds_with_compile': first,
+        'peak_memory_gib': stats.get('peak_bytes_in_use', float('nan')) / 2**30}
+    print(batch, rows[f'batch_{batch}'], flush=True)
+  return rows
+
+
+def benchmark_stable_diffusion(repeats: int, steps: int, batches) -> dict:
+  counts = {name: sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(tree))
+            for name, tree in _sd15_shapes(jnp.float32).items()}
+  result = {'benchmark': 'stable_diffusion', 'device': str(jax.devices()[0]),
+            'parameters': counts,
+            'planned_memory_gib': {'float32': _sd15_memory(jnp.float32),
+                                   'bfloat16': _sd15_memory(jnp.bfloat16)}}
+  print(json.dumps(result, indent=2), flush=True)
+  gpu = jax.default_backend() == 'gpu'
+  pipe = _sd15_pipeline(jnp.bfloat16 if gpu else jnp.float32)
+  result['seconds_per_step_64x64'] = {
+      'dtype': jnp.dtype(pipe.dtype).name,
+      'unguided_batch_1': _seconds_per_step(pipe, 1, False, repeats),
+      'guided_batch_1': _seconds_per_step(pipe, 1, True, repeats)}
+  print(result['seconds_per_step_64x64'], flush=True)
+  if gpu:
+    result['text_to_image_512'] = _gpu_text_to_image(pipe, batches, steps, repeats)
+  return result
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('benchmark', choices=['likelihood', 'train', 'samplers'])
+  parser.add_argument('benchmark', choices=['likelihood', 'train', 'samplers',
+                                            'stable_diffusion'])
   parser.add_argument('--repeats', type=int, default=3)
   parser.add_argument('--batch', type=int, default=None,
                       help='likelihood / train: 16; samplers: 100000')
   parser.add_argument('--size', type=int, default=16)
-  parser.add_argument('--steps', type=int, default=5, help='train: steps per timed run')
+  parser.add_argument('--steps', type=int, default=None,
+                      help='train: steps per timed run (5); stable_diffusion: denoising steps (50)')
+  parser.add_argument('--batches', default='1,8', help='stable_diffusion on a GPU: batch sizes')
   args = parser.parse_args()
-  if args.benchmark == 'samplers':
+  if args.benchmark == 'stable_diffusion':
+    result = benchmark_stable_diffusion(args.repeats, args.steps or 50,
+                                        [int(b) for b in args.batches.split(',')])
+  elif args.benchmark == 'samplers':
     result = benchmark_samplers(args.repeats, args.batch or 100_000)
   elif args.benchmark == 'likelihood':
     result = benchmark_likelihood(args.repeats, args.batch or 16, args.size)
   else:
-    result = benchmark_train(args.repeats, args.batch or 16, args.size, args.steps)
+    result = benchmark_train(args.repeats, args.batch or 16, args.size, args.steps or 5)
   print(json.dumps(result, indent=2))
 
 

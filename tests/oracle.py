@@ -1,10 +1,14 @@
 """Shared oracle for the sampler, ODE, likelihood and controllable tests: Gaussian mixtures whose
-perturbed marginals and scores are closed-form (score_sde.gaussian_mixture), and a statistical
-check that samples follow a given mixture."""
+perturbed marginals and scores are closed-form (score_sde.gaussian_mixture), the kernel of a
+discrete chain, and a statistical check that samples follow a given mixture."""
+import dataclasses
+
+import jax.numpy as jnp
 import numpy as np
 
 from score_sde import sde as sde_lib
 from score_sde.gaussian_mixture import GaussianMixture, example_mixture
+from score_sde.sampling import grid
 
 SDES = {'vp': sde_lib.VPSDE(), 'subvp': sde_lib.subVPSDE(),
         've': sde_lib.VESDE(sigma_min=0.01, sigma_max=50.0)}
@@ -27,6 +31,23 @@ def separated_mixture(means, seed: int = 0) -> GaussianMixture:
   weights = 0.5 ** np.arange(1, num + 1)
   weights[-1] *= 2
   return GaussianMixture(weights, means, factors @ factors.transpose(0, 2, 1) + 0.05 * np.eye(dim))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DiscreteKernel:
+  """Stands in for an SDE in the mixture's marginals: the kernel of a discrete chain at the step
+  of time t (what a discretely trained model learns; DDPM: sqrt(alphabar_i), sqrt(1 -
+  alphabar_i))."""
+
+  sde: sde_lib.SDE
+
+  def marginal_prob(self, x, t):
+    index = self.sde.timestep_index(t)
+    nodes = grid.nodes_at(self.sde, np.arange(self.sde.N) * self.sde.T / (self.sde.N - 1),
+                          continuous=False)
+    alpha = jnp.asarray(nodes.alphas, jnp.float32)[index]
+    sigma = jnp.asarray(nodes.sigmas, jnp.float32)[index]
+    return sde_lib.expand_to(alpha, x) * x, sigma
 
 
 def assert_follows_mixture(samples, gmm: GaussianMixture, z_bound: float = Z_BOUND):

@@ -3,7 +3,6 @@ VE: samples follow the mixture at the default budgets; the deterministic sampler
 probability-flow ODE solution at their orders (DDIM 1, DPM-Solver++ 2M / 2S and Heun 2, 3M / 3S 3),
 measured as the slope of the error against the step size; discrete models run on their own steps;
 classifier-free guidance at scales 0 and 1 is the unconditional and the conditional score."""
-import dataclasses
 import functools
 
 import jax
@@ -13,7 +12,7 @@ import pytest
 
 from score_sde import sampling
 from score_sde import sde as sde_lib
-from score_sde.sampling import grid, guidance
+from score_sde.sampling import grid, guidance, start
 from tests import oracle
 from tests.helpers import tiny_config
 
@@ -96,22 +95,6 @@ def test_convergence_order(name, sampler):
   assert errors[-1] < 0.05, errors
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class _DiscreteKernel:
-  """Stands in for an SDE in the mixture's marginals: the kernel of a discrete chain at the step
-  of time t (what a discretely trained model learns)."""
-
-  sde: sde_lib.SDE
-
-  def marginal_prob(self, x, t):
-    index = self.sde.timestep_index(t)
-    nodes = grid.nodes_at(self.sde, np.arange(self.sde.N) * self.sde.T / (self.sde.N - 1),
-                          continuous=False)
-    alpha = jnp.asarray(nodes.alphas, jnp.float32)[index]
-    sigma = jnp.asarray(nodes.sigmas, jnp.float32)[index]
-    return sde_lib.expand_to(alpha, x) * x, sigma
-
-
 def test_discrete_nodes_are_the_chain_steps():
   vp, ve = sde_lib.VPSDE(N=1000), sde_lib.VESDE(N=1000)
   for sde in (vp, ve):
@@ -132,7 +115,7 @@ def test_discrete_nodes_are_the_chain_steps():
 @pytest.mark.parametrize('method', ['ddim', 'dpm_2m', 'edm'])
 def test_discrete_model_on_its_steps(sde, method):
   """The exact score of a discrete chain's marginals, sampled on its own steps."""
-  score_fn = GMM.score_fn(_DiscreteKernel(sde=sde))
+  score_fn = GMM.score_fn(oracle.DiscreteKernel(sde=sde))
   build = {'ddim': lambda: sampling.get_ddim_sampler(sde, num_steps=100, continuous=False),
            'dpm_2m': lambda: sampling.get_dpm_solver_sampler(sde, nfe=50, continuous=False),
            'edm': lambda: sampling.get_edm_sampler(sde, nfe=51, continuous=False)}[method]
@@ -187,7 +170,7 @@ def test_same_prior_draws_as_the_pc_sampler():
   sde = oracle.SDES['ve']
   keys = sampling.streams.sample_keys(jax.random.PRNGKey(6), 5, 3)
   expected = jax.vmap(lambda k: sde.prior_sampling(jax.random.fold_in(k, 0), (2,)))(keys)
-  np.testing.assert_array_equal(grid.prior_draws(sde, keys, (3, 2)), expected)
+  np.testing.assert_array_equal(start.prior_draws(sde, keys, (3, 2)), expected)
 
 
 @pytest.mark.parametrize('method,fields', [('ddim', {'steps': 10, 'eta': 0.5}),

@@ -88,14 +88,14 @@ def test_sample_k_is_independent_of_batch(step_size_rule):
 
 
 def test_sampler_is_one_loop_whatever_the_number_of_steps():
-  """No Python loop over time steps: the traced program has the same size for N = 10 and 100."""
+  """No Python loop over time steps: the traced program has the same size for N = 20 and 200."""
 
   def size(n):
     sampler = sampling.get_pc_sampler(sde_lib.VPSDE(N=n), 'reverse_diffusion', 'langevin')
     jaxpr = jax.make_jaxpr(lambda key: sampler(key, gaussian_score(sde_lib.VPSDE(N=n)), (3, 2)))
     return len(jaxpr(jax.random.PRNGKey(0)).jaxpr.eqns)
 
-  assert size(10) == size(100)
+  assert size(20) == size(200)
 
 
 @pytest.mark.parametrize('kwargs,message', [
@@ -107,7 +107,8 @@ def test_sampler_is_one_loop_whatever_the_number_of_steps():
     (dict(n_steps_each=0), 'n_steps_each = 0 must be a positive integer'),
     (dict(eps=0.0), r'eps = 0.0 must lie in \(0, T = 1.0\)'),
     (dict(step_size_rule='mean'), "Unknown Langevin step-size rule 'mean'"),
+    (dict(sde=sde_lib.VPSDE(N=10)), r'discrete betas up to 2 > 1 \(beta_max / N\)'),
 ])
 def test_bad_sampler_arguments_are_refused(kwargs, message):
   with pytest.raises(ValueError, match=message):
-    sampling.get_pc_sampler(SDES['vp'], **kwargs)
+    sampling.get_pc_sampler(kwargs.pop('sde', SDES['vp']), **kwargs)

@@ -1,21 +1,27 @@
 """Samplers: `get_sampler(config, sde)` and the predictor / corrector registries.
 
-Every sampler is a function sample(key, score_fn, shape, first_index=0) -> (samples, nfe):
-'pc' (predictor-corrector, pc.py; nfe an int), 'ode' (probability-flow ODE, ode.py; nfe per
-sample, shape (B,)), 'ddim' (ddim.py), 'dpm_solver' (DPM-Solver++, dpm_solver.py) and 'edm'
-(EDM's Heun sampler, edm.py); the last three return an int nfe. Sample k draws its prior sample
-(and any noise) from fold_in(key, k), so every sampler starts from the same prior draws.
+Every sampler is a function sample(key, score_fn, shape, first_index=0, x_start=None, ...) ->
+(samples, nfe): 'pc' (predictor-corrector, pc.py; nfe an int), 'ode' (probability-flow ODE,
+ode.py; nfe per sample, shape (B,)), 'ddim' (ddim.py), 'dpm_solver' (DPM-Solver++,
+dpm_solver.py), 'edm' (EDM's Heun sampler, edm.py) and 'ddim_diffusers' (diffusers'
+DDIMScheduler on a discrete VP model, ddim_diffusers.py); the last four return an int nfe.
+Sample k draws its prior sample (and any noise) from fold_in(key, k), so every sampler starts
+from the same prior draws. Every factory takes t_start (None: T) and every sample x_start (None:
+the prior draws), to start a run from a given state at a given time (sampling.start: SDEdit,
+img2img). 'pc', 'ddim' and 'ddim_diffusers' also take project= (score_sde.controllable).
 """
 import jax
 import jax.numpy as jnp
 
 from score_sde import config_checks
 from score_sde import models as models_lib
-from score_sde.sampling import correctors, ddim, dpm_solver, edm, grid, guidance, ode
+from score_sde.sampling import (correctors, ddim, ddim_diffusers, dpm_solver, edm, grid, guidance,
+                                ode)
 from score_sde.sampling.ode import ODESolver, get_flow_maps, get_ode_sampler
 from score_sde.sampling.correctors import (Corrector, get_corrector, register_corrector,
                                            registered_correctors)
 from score_sde.sampling.ddim import get_ddim_sampler
+from score_sde.sampling.ddim_diffusers import get_ddim_diffusers_sampler
 from score_sde.sampling.dpm_solver import get_dpm_solver_sampler
 from score_sde.sampling.edm import get_edm_sampler
 from score_sde.sampling.pc import get_pc_sampler
@@ -23,17 +29,18 @@ from score_sde.sampling.predictors import (Predictor, get_predictor, register_pr
                                            registered_predictors)
 
 __all__ = ['Corrector', 'DEFAULT_SCHEDULES', 'ODESolver', 'Predictor', 'SAMPLING_METHODS',
-           'get_corrector', 'get_ddim_sampler', 'get_dpm_solver_sampler', 'get_edm_sampler',
+           'get_corrector', 'get_ddim_diffusers_sampler', 'get_ddim_sampler',
+           'get_dpm_solver_sampler', 'get_edm_sampler',
            'get_flow_maps', 'get_model_sampler', 'get_ode_sampler', 'get_pc_sampler',
            'get_predictor', 'get_sampler', 'register_corrector', 'register_predictor',
            'registered_correctors', 'registered_predictors']
 
-SAMPLING_METHODS = ('pc', 'ode', 'ddim', 'dpm_solver', 'edm')
+SAMPLING_METHODS = ('pc', 'ode', 'ddim', 'dpm_solver', 'edm', 'ddim_diffusers')
 # The time schedule each fast sampler uses when config.sampling.time_schedule is None.
 DEFAULT_SCHEDULES = {'ddim': 'time_uniform', 'dpm_solver': 'logsnr', 'edm': 'rho'}
 
 
-def get_sampler(config, sde, continuous: bool = True):
+def get_sampler(config, sde, continuous: bool = True, t_start=None):
   """The sampler selected by config.sampling.
 
   method 'pc': predictor, corrector, snr, n_steps_each, step_size_rule, probability_flow,
@@ -41,12 +48,16 @@ def get_sampler(config, sde, continuous: bool = True):
   noise_removal, eps. methods 'ddim', 'dpm_solver', 'edm': steps or nfe, time_schedule (None:
   DEFAULT_SCHEDULES), rho, noise_removal (the final denoising step), eps; 'ddim' also eta,
   'dpm_solver' dpm_solver_variant, 'edm' s_churn, s_min, s_max (None: no limit), s_noise.
-  `continuous=False` declares a score conditioned on discrete steps (the ODE's adaptive solvers
-  then step to each of its jumps; the fast samplers run on its steps).
+  method 'ddim_diffusers' (a discrete VP model only): steps, eta, timestep_spacing,
+  steps_offset, set_alpha_to_one. `continuous=False` declares a score conditioned on discrete
+  steps (the ODE's adaptive solvers then step to each of its jumps; the fast samplers run on its
+  steps). t_start (None: T): the time the runs start from, with `sample(..., x_start=...)`.
   """
   method = config_checks.choice(config, 'sampling.method', SAMPLING_METHODS)
+  if method == 'ddim_diffusers':
+    return _ddim_diffusers_sampler(config, sde, continuous, t_start)
   if method in DEFAULT_SCHEDULES:
-    return _fast_sampler(config, sde, method, continuous)
+    return _fast_sampler(config, sde, method, continuous, t_start)
   if method == 'ode':
     solver = ODESolver(solver=config_checks.choice(config, 'sampling.ode_solver', ode.SOLVERS),
                        rtol=config_checks.positive_float(config, 'sampling.rtol'),
@@ -55,7 +66,7 @@ def get_sampler(config, sde, continuous: bool = True):
     return get_ode_sampler(sde, solver,
                            noise_removal=bool(config_checks.get(config, 'sampling.noise_removal')),
                            eps=config_checks.positive_float(config, 'sampling.eps'),
-                           continuous=continuous)
+                           continuous=continuous, t_start=t_start)
   return get_pc_sampler(
       sde,
       predictor=config_checks.choice(config, 'sampling.predictor', registered_predictors()),
@@ -66,7 +77,8 @@ def get_sampler(config, sde, continuous: bool = True):
       noise_removal=bool(config_checks.get(config, 'sampling.noise_removal')),
       eps=config_checks.positive_float(config, 'sampling.eps'),
       step_size_rule=config_checks.choice(config, 'sampling.step_size_rule',
-                                          correctors.STEP_SIZE_RULES))
+                                          correctors.STEP_SIZE_RULES),
+      t_start=t_start)
 
 
 def _optional(config, field, check):
@@ -74,13 +86,49 @@ def _optional(config, field, check):
   return None if config_checks.get(config, field) is None else check(config, field)
 
 
-def _fast_sampler(config, sde, method: str, continuous: bool):
-  """The DDIM / DPM-Solver++ / EDM sampler of config.sampling."""
+def _steps_or_nfe(config, method: str):
+  """config.sampling.steps and .nfe, exactly one of them set."""
   steps = _optional(config, 'sampling.steps', config_checks.positive_int)
   nfe = _optional(config, 'sampling.nfe', config_checks.positive_int)
   if (steps is None) == (nfe is None):
     raise ValueError(f'Set exactly one of config fields sampling.steps ({steps!r}) and '
                      f'sampling.nfe ({nfe!r}) for sampling.method = {method!r}.')
+  return steps, nfe
+
+
+def _eta(config) -> float:
+  eta = config_checks.non_negative(config, 'sampling.eta')
+  if eta > 1:
+    raise ValueError(f'Config field sampling.eta = {eta} must lie in [0, 1].')
+  return eta
+
+
+def _ddim_diffusers_sampler(config, sde, continuous: bool, t_start):
+  """diffusers' DDIMScheduler of config.sampling on a discrete VP model."""
+  if continuous:
+    raise ValueError("sampling.method = 'ddim_diffusers' runs a discretely trained VP model on its "
+                     'steps: build it with continuous=False (training.continuous = False).')
+  if config_checks.get(config, 'sampling.nfe') is not None:
+    raise ValueError(f"Config field sampling.nfe = {config.sampling.nfe!r}: sampling.method "
+                     "'ddim_diffusers' takes sampling.steps (diffusers' num_inference_steps); set "
+                     'sampling.nfe to None.')
+  steps = config_checks.positive_int(config, 'sampling.steps')
+  steps_offset = config_checks.get(config, 'sampling.steps_offset')
+  if isinstance(steps_offset, bool) or not isinstance(steps_offset, int) or steps_offset < 0:
+    raise ValueError(f'Config field sampling.steps_offset = {steps_offset!r} must be an integer '
+                     '>= 0.')
+  return ddim_diffusers.get_ddim_diffusers_sampler(
+      sde, num_steps=steps, eta=_eta(config),
+      timestep_spacing=config_checks.choice(config, 'sampling.timestep_spacing',
+                                            ddim_diffusers.TIMESTEP_SPACINGS),
+      steps_offset=steps_offset,
+      set_alpha_to_one=config_checks.boolean(config, 'sampling.set_alpha_to_one'),
+      t_start=t_start)
+
+
+def _fast_sampler(config, sde, method: str, continuous: bool, t_start):
+  """The DDIM / DPM-Solver++ / EDM sampler of config.sampling."""
+  steps, nfe = _steps_or_nfe(config, method)
   schedule = config_checks.get(config, 'sampling.time_schedule') or DEFAULT_SCHEDULES[method]
   if schedule not in grid.SCHEDULES:
     raise ValueError(f'Config field sampling.time_schedule = {schedule!r} is not supported; '
@@ -89,12 +137,9 @@ def _fast_sampler(config, sde, method: str, continuous: bool):
                 rho=config_checks.positive_float(config, 'sampling.rho'),
                 eps=config_checks.positive_float(config, 'sampling.eps'),
                 denoise=bool(config_checks.get(config, 'sampling.noise_removal')),
-                continuous=continuous)
+                continuous=continuous, t_start=t_start)
   if method == 'ddim':
-    eta = config_checks.non_negative(config, 'sampling.eta')
-    if eta > 1:
-      raise ValueError(f'Config field sampling.eta = {eta} must lie in [0, 1].')
-    return ddim.get_ddim_sampler(sde, eta=eta, **common)
+    return ddim.get_ddim_sampler(sde, eta=_eta(config), **common)
   if method == 'dpm_solver':
     variant = config_checks.choice(config, 'sampling.dpm_solver_variant',
                                    dpm_solver.EVALS_PER_STEP)

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from score_sde.sampling import grid, streams
+from score_sde.sampling import grid, start, streams
 
 EVALS_PER_STEP = {'2M': 1, '3M': 1, '2S': 2, '3S': 3}
 
@@ -70,19 +70,24 @@ def _multistep_3m(nodes):
 
 def get_dpm_solver_sampler(sde, *, variant: str = '2M', num_steps=None, nfe=None,
                            schedule: str = 'logsnr', rho: float = 7.0, eps: float = 1e-3,
-                           denoise: bool = True, continuous: bool = True):
-  """Returns sample(key, score_fn, shape, first_index=0) -> (samples of `shape`, nfe (int)).
+                           denoise: bool = True, continuous: bool = True, t_start=None):
+  """Returns sample(key, score_fn, shape, first_index=0, *, x_start=None) -> (samples of `shape`,
+  nfe (int)).
 
   variant: '2M' | '3M' | '2S' | '3S'. num_steps or nfe: the number of steps, or a budget of score
   evaluations (EVALS_PER_STEP[variant] per step, one more for `denoise`, which returns x0_hat at
   eps). schedule, rho: see grid.time_grid. The prior draw of sample k comes from
-  fold_in(key, k), as in the other samplers, so samplers compare on the same noise.
+  fold_in(key, k), as in the other samplers, so samplers compare on the same noise. t_start
+  (None: T): the run goes from t_start down to eps, from x_start, the state at t_start (None:
+  the prior draws, only for t_start = T; see sampling.start).
   """
   if variant not in EVALS_PER_STEP:
     raise ValueError(f'Unknown DPM-Solver++ variant {variant!r}; allowed: {list(EVALS_PER_STEP)}.')
   name = f'dpm_solver {variant}'
   steps = grid.resolve_steps(num_steps, nfe, EVALS_PER_STEP[variant], denoise, name)
-  nodes = grid.time_grid(sde, steps, eps, schedule, rho=rho, continuous=continuous)
+  t_start = start.start_time(sde, t_start, eps)
+  nodes = grid.time_grid(sde, steps, eps, schedule, rho=rho, continuous=continuous,
+                         t_start=t_start)
   h = np.diff(nodes.log_snrs)
   node_t, node_a, node_s = grid.as_float32(nodes.score_times, nodes.alphas, nodes.sigmas)
 
@@ -160,9 +165,9 @@ def get_dpm_solver_sampler(sde, *, variant: str = '2M', num_steps=None, nfe=None
 
       return jax.lax.fori_loop(0, steps, step, x)
 
-  def sample(key, score_fn, shape, first_index=0):
+  def sample(key, score_fn, shape, first_index=0, *, x_start=None):
     keys = streams.sample_keys(key, first_index, shape[0])
-    x = solve(score_fn, grid.prior_draws(sde, keys, shape))
+    x = solve(score_fn, start.initial_state(sde, keys, shape, x_start, t_start))
     if denoise:
       x = x0_at(score_fn, x, steps)
     return x, steps * EVALS_PER_STEP[variant] + int(denoise)

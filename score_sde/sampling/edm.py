@@ -15,7 +15,7 @@ a Heun step (2 evaluations); `denoise` returns D at eps (EDM's last Euler step t
 import jax
 import numpy as np
 
-from score_sde.sampling import grid, streams
+from score_sde.sampling import grid, start, streams
 
 
 def _churned_nodes(sde, nodes, gamma, continuous):
@@ -34,13 +34,16 @@ def _churned_nodes(sde, nodes, gamma, continuous):
 def get_edm_sampler(sde, *, num_steps=None, nfe=None, schedule: str = 'rho', rho: float = 7.0,
                     s_churn: float = 0.0, s_min: float = 0.0, s_max: float = float('inf'),
                     s_noise: float = 1.0, eps: float = 1e-3, denoise: bool = True,
-                    continuous: bool = True):
-  """Returns sample(key, score_fn, shape, first_index=0) -> (samples of `shape`, nfe (int)).
+                    continuous: bool = True, t_start=None):
+  """Returns sample(key, score_fn, shape, first_index=0, *, x_start=None) -> (samples of `shape`,
+  nfe (int)).
 
   num_steps or nfe: the number of Heun steps, or a budget of score evaluations (two per step,
   one more for `denoise`). schedule, rho: see grid.time_grid (default EDM's rho = 7). s_churn,
   s_min, s_max, s_noise: EDM's churn (s_min, s_max in units of sigma~); s_churn = 0 is the
-  deterministic sampler. Sample k draws all its noise from fold_in(key, k).
+  deterministic sampler. Sample k draws all its noise from fold_in(key, k). t_start (None: T):
+  the run goes from t_start down to eps, from x_start, the state at t_start (None: the prior
+  draws, only for t_start = T; see sampling.start); churn may raise the noise above t_start's.
   """
   for name, value in (('s_churn', s_churn), ('s_min', s_min), ('s_noise', s_noise)):
     if not value >= 0:
@@ -48,7 +51,9 @@ def get_edm_sampler(sde, *, num_steps=None, nfe=None, schedule: str = 'rho', rho
   if not s_max >= s_min:
     raise ValueError(f's_max = {s_max} must be >= s_min = {s_min}.')
   steps = grid.resolve_steps(num_steps, nfe, 2, denoise, 'edm')
-  nodes = grid.time_grid(sde, steps, eps, schedule, rho=rho, continuous=continuous)
+  t_start = start.start_time(sde, t_start, eps)
+  nodes = grid.time_grid(sde, steps, eps, schedule, rho=rho, continuous=continuous,
+                         t_start=t_start)
   sig = nodes.sigmas / nodes.alphas
   in_range = (sig[:-1] >= s_min) & (sig[:-1] <= s_max)
   gamma = np.where(in_range, min(s_churn / steps, np.sqrt(2.0) - 1.0), 0.0)
@@ -62,7 +67,7 @@ def get_edm_sampler(sde, *, num_steps=None, nfe=None, schedule: str = 'rho', rho
   def denoised(score_fn, x_scaled, t, alpha, sigma):
     return grid.data_estimate(score_fn, alpha * x_scaled, t, alpha, sigma)
 
-  def sample(key, score_fn, shape, first_index=0):
+  def sample(key, score_fn, shape, first_index=0, *, x_start=None):
     keys = streams.sample_keys(key, first_index, shape[0])
 
     def step(i, x):
@@ -75,7 +80,8 @@ def get_edm_sampler(sde, *, num_steps=None, nfe=None, schedule: str = 'rho', rho
                                        node_s[i + 1])) / node_sig[i + 1]
       return x + dsig * 0.5 * (slope + slope_next)
 
-    x = jax.lax.fori_loop(0, steps, step, grid.prior_draws(sde, keys, shape) / node_a[0])
+    x = start.initial_state(sde, keys, shape, x_start, t_start) / node_a[0]
+    x = jax.lax.fori_loop(0, steps, step, x)
     if denoise:
       return denoised(score_fn, x, node_t[-1], node_a[-1], node_s[-1]), 2 * steps + 1
     return node_a[-1] * x, 2 * steps

@@ -16,12 +16,11 @@ a time inside step i.
 """
 import dataclasses
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from score_sde import sde as sde_lib
-from score_sde.sampling import streams
+from score_sde.sampling import start
 
 SCHEDULES = ('time_uniform', 'logsnr', 'quadratic', 'rho')
 
@@ -95,21 +94,22 @@ def nodes_at(sde, times, continuous: bool = True) -> Nodes:
                *_discrete_alpha_sigma(sde, index))
 
 
-def _continuous_times(sde, num_steps: int, eps: float, schedule: str, rho: float):
-  """num_steps + 1 times from T down to eps spaced by `schedule`."""
+def _continuous_times(sde, num_steps: int, eps: float, schedule: str, rho: float,
+                      t_start: float):
+  """num_steps + 1 times from t_start down to eps spaced by `schedule`."""
   fractions = np.linspace(0.0, 1.0, num_steps + 1)
   if schedule == 'time_uniform':
-    return sde.T + fractions * (eps - sde.T)
+    return t_start + fractions * (eps - t_start)
   if schedule == 'quadratic':  # uniform in sqrt(t) (DPM-Solver's 'time_quadratic')
-    return (np.sqrt(sde.T) + fractions * (np.sqrt(eps) - np.sqrt(sde.T)))**2
-  lam_start, lam_end = log_snr(sde, [sde.T, eps])
+    return (np.sqrt(t_start) + fractions * (np.sqrt(eps) - np.sqrt(t_start)))**2
+  lam_start, lam_end = log_snr(sde, [t_start, eps])
   if schedule == 'logsnr':
     lam = lam_start + fractions * (lam_end - lam_start)
   else:  # 'rho': EDM's sigma~ = sigma / alpha = exp(-lambda) spaced as in Karras et al., Eq. 5
-    start, end = np.exp(-lam_start) ** (1 / rho), np.exp(-lam_end) ** (1 / rho)
-    lam = -rho * np.log(start + fractions * (end - start))
+    root_start, root_end = np.exp(-lam_start) ** (1 / rho), np.exp(-lam_end) ** (1 / rho)
+    lam = -rho * np.log(root_start + fractions * (root_end - root_start))
   times = time_of_log_snr(sde, lam)
-  times[0], times[-1] = sde.T, eps
+  times[0], times[-1] = t_start, eps
   return times
 
 
@@ -125,14 +125,21 @@ def _snap_decreasing(index: np.ndarray, first: int, last: int) -> np.ndarray:
   return index
 
 
+def step_at_or_below(sde, t) -> int:
+  """The discrete step i = floor(t (N - 1) / T) of time t (`SDE.timestep_index`), computed in
+  float64 and forgiving the rounding of t = i T / (N - 1) itself."""
+  return int(np.clip(np.floor(t * (sde.N - 1) / sde.T + 1e-9), 0, sde.N - 1))
+
+
 def time_grid(sde, num_steps: int, eps: float, schedule: str = 'logsnr', *, rho: float = 7.0,
-              continuous: bool = True) -> Nodes:
-  """num_steps + 1 Nodes from T down to eps spaced by `schedule`:
+              continuous: bool = True, t_start=None) -> Nodes:
+  """num_steps + 1 Nodes from t_start (None: T) down to eps spaced by `schedule`:
 
     'time_uniform': equal steps in t;   'quadratic': equal steps in sqrt(t);
     'logsnr': equal steps in lambda;    'rho': EDM's schedule of sigma / alpha with exponent rho.
 
-  A discrete model's grid snaps to distinct steps of its own (so num_steps <= its steps).
+  A discrete model's grid snaps to distinct steps of its own, from its step at or below t_start
+  (`step_at_or_below`) down to the step of eps (so num_steps <= the steps between).
   """
   if schedule not in SCHEDULES:
     raise ValueError(f'Unknown time schedule {schedule!r}; allowed: {list(SCHEDULES)}.')
@@ -141,15 +148,18 @@ def time_grid(sde, num_steps: int, eps: float, schedule: str = 'logsnr', *, rho:
   if not rho > 0:
     raise ValueError(f'rho = {rho} must be positive.')
   sde.check_eps(eps)
-  times = _continuous_times(sde, num_steps, eps, schedule, rho)
+  t_start = start.start_time(sde, t_start, eps)
+  times = _continuous_times(sde, num_steps, eps, schedule, rho, t_start)
   if continuous:
     return nodes_at(sde, times)
   step = sde.T / (sde.N - 1)
+  first = step_at_or_below(sde, t_start)
   last = int(np.clip(np.floor(eps / step), 0, sde.N - 1))  # the step of eps (SDE.timestep_index)
-  if num_steps > sde.N - 1 - last:
-    raise ValueError(f'num_steps = {num_steps} exceeds the {sde.N - 1 - last} steps of this '
-                     f'discrete model between T and eps = {eps}.')
-  index = _snap_decreasing(np.rint(times / step).astype(np.int64), sde.N - 1, last)
+  if num_steps > first - last:
+    begin = 'T' if t_start == sde.T else f't_start = {t_start}'
+    raise ValueError(f'num_steps = {num_steps} exceeds the {first - last} steps of this discrete '
+                     f'model between {begin} and eps = {eps}.')
+  index = _snap_decreasing(np.rint(times / step).astype(np.int64), first, last)
   return nodes_at(sde, index * step, continuous=False)
 
 
@@ -184,11 +194,6 @@ def data_estimate(score_fn, x, t, alpha, sigma):
   alpha, sigma of one node (traced float32)."""
   batch_t = jnp.full(x.shape[0], t)
   return (x + sigma**2 * score_fn(x, batch_t)) / alpha
-
-
-def prior_draws(sde, keys, shape):
-  """Prior samples of `shape` (B, ...), row k from fold_in(keys[k], 0) as in the PC sampler."""
-  return jax.vmap(lambda k: sde.prior_sampling(k, shape[1:]))(streams.fold_in_each(keys, 0))
 
 
 def as_float32(*arrays):

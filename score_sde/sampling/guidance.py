@@ -10,6 +10,13 @@ sampler and with the likelihood.
 import jax.numpy as jnp
 
 
+def combine(conditional, unconditional, guidance_scale):
+  """(1 - w) unconditional + w conditional at guidance scale w: exactly the unconditional
+  prediction at w = 0 and exactly the conditional one at w = 1 (for scores, or the epsilon
+  predictions they are proportional to)."""
+  return (1.0 - guidance_scale) * unconditional + guidance_scale * conditional
+
+
 def guided_score_fn(class_score_fn, class_labels, guidance_scale, null_label: int):
   """score_fn(x, t) guided towards `class_labels` (one int, or (B,) ints, one per sample).
 
@@ -36,7 +43,6 @@ def guided_score_fn(class_score_fn, class_labels, guidance_scale, null_label: in
     labels = labels_for(x)
     both = class_score_fn(jnp.concatenate([x, x]), jnp.concatenate([t, t]),
                           class_labels=jnp.concatenate([labels, jnp.full_like(labels, null_label)]))
-    conditional, unconditional = both[:x.shape[0]], both[x.shape[0]:]
-    return (1.0 - guidance_scale) * unconditional + guidance_scale * conditional
+    return combine(both[:x.shape[0]], both[x.shape[0]:], guidance_scale)
 
   return score_fn

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from score_sde.sampling import streams
+from score_sde.sampling import start, streams
 
 SOLVERS = {'dopri5': diffrax.Dopri5, 'tsit5': diffrax.Tsit5, 'euler': diffrax.Euler,
            'heun': diffrax.Heun}
@@ -91,13 +91,9 @@ def score_jump_times(sde, continuous: bool):
   return np.arange(1, sde.N - 1) * sde.T / (sde.N - 1)
 
 
-def get_flow_maps(sde, solver: ODESolver = ODESolver(), eps: float = 1e-3,
-                  continuous: bool = True):
-  """encode(score_fn, x) -> (z, nfe) solves the ODE from eps to T, decode(score_fn, z) -> (x, nfe)
-  from T back to eps; x, z of shape (B, ...), nfe (B,). The two maps are inverse to each other
-  up to the solver's tolerance. `continuous=False` declares a score conditioned on discrete
-  steps, piecewise constant in t: the adaptive solvers then step to each jump."""
-  sde.check_eps(eps)
+def _flow(sde, solver: ODESolver, continuous: bool):
+  """flow(score_fn, x, t0, t1) -> (x(t1), nfe): the probability-flow ODE solved for each sample of
+  x (B, ...) alone from t0 to t1 (either direction); nfe (B,)."""
   jump_ts = score_jump_times(sde, continuous)
 
   def flow(score_fn, x, t0, t1):
@@ -105,25 +101,38 @@ def get_flow_maps(sde, solver: ODESolver = ODESolver(), eps: float = 1e-3,
     return jax.vmap(lambda y: solver.solve(lambda t, y, _: drift(y, t), y, t0, t1,
                                            jump_ts=jump_ts))(x)
 
+  return flow
+
+
+def get_flow_maps(sde, solver: ODESolver = ODESolver(), eps: float = 1e-3,
+                  continuous: bool = True):
+  """encode(score_fn, x) -> (z, nfe) solves the ODE from eps to T, decode(score_fn, z) -> (x, nfe)
+  from T back to eps; x, z of shape (B, ...), nfe (B,). The two maps are inverse to each other
+  up to the solver's tolerance. `continuous=False` declares a score conditioned on discrete
+  steps, piecewise constant in t: the adaptive solvers then step to each jump."""
+  sde.check_eps(eps)
+  flow = _flow(sde, solver, continuous)
   return (lambda score_fn, x: flow(score_fn, x, eps, sde.T),
           lambda score_fn, z: flow(score_fn, z, sde.T, eps))
 
 
 def get_ode_sampler(sde, solver: ODESolver = ODESolver(), *, noise_removal: bool = True,
-                    eps: float = 1e-3, continuous: bool = True):
-  """Returns sample(key, score_fn, shape, first_index=0) -> (samples, nfe (B,)).
+                    eps: float = 1e-3, continuous: bool = True, t_start=None):
+  """Returns sample(key, score_fn, shape, first_index=0, *, x_start=None) -> (samples, nfe (B,)).
 
   Sample k starts from a prior draw with key fold_in(key, k) and is decoded through the
   probability-flow ODE from T to eps. With `noise_removal`, a last noise-free reverse-diffusion
   step at eps denoises it (one more score evaluation), as in the PC sampler. `continuous`: see
-  `get_flow_maps`.
+  `get_flow_maps`. t_start (None: T): the solve starts at t_start from x_start, the state there
+  (None: the prior draws, only for t_start = T; see sampling.start).
   """
-  _, decode = get_flow_maps(sde, solver, eps, continuous)
+  sde.check_eps(eps)
+  t_start = start.start_time(sde, t_start, eps)
+  flow = _flow(sde, solver, continuous)
 
-  def sample(key, score_fn, shape, first_index=0):
+  def sample(key, score_fn, shape, first_index=0, *, x_start=None):
     keys = streams.sample_keys(key, first_index, shape[0])
-    z = jax.vmap(lambda k: sde.prior_sampling(k, shape[1:]))(streams.fold_in_each(keys, 0))
-    x, nfe = decode(score_fn, z)
+    x, nfe = flow(score_fn, start.initial_state(sde, keys, shape, x_start, t_start), t_start, eps)
     if noise_removal:  # the noise-free reverse-diffusion step at eps (paper, Eq. 46)
       rev_f, _ = sde.reverse(score_fn).discretize(x, jnp.full(shape[0], eps))
       x, nfe = x - rev_f, nfe + 1

@@ -7,15 +7,24 @@ corrector runs N - 1 times, never at the prior's time T, where x is already a pr
 """
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from score_sde.sampling import correctors, predictors, streams
+from score_sde import sde as sde_lib
+from score_sde.sampling import correctors, predictors, start, streams
+
+
+def _first_step_at_or_below(sde, eps: float, t_start: float) -> int:
+  """The first i with t_i = T + i (eps - T) / (N - 1) <= t_start (to float64 rounding)."""
+  times = np.linspace(sde.T, eps, sde.N)
+  return int(np.argmax(times <= t_start * (1 + 1e-12)))
 
 
 def get_pc_sampler(sde, predictor: str = 'reverse_diffusion', corrector: str = 'none', *,
                    snr: float = 0.16, n_steps_each: int = 1, probability_flow: bool = False,
                    noise_removal: bool = True, eps: float = 1e-3,
-                   step_size_rule: str = 'batch'):
-  """Returns sample(key, score_fn, shape, first_index=0, project=None) -> (samples, nfe).
+                   step_size_rule: str = 'batch', t_start=None):
+  """Returns sample(key, score_fn, shape, first_index=0, project=None, *, x_start=None) ->
+  (samples, nfe).
 
   Sample k (k = first_index .. first_index + shape[0] - 1) draws all its noise from
   fold_in(key, k). `score_fn(x, t)` is any score, x (B, ...) and t (B,). `shape` must be static
@@ -24,6 +33,10 @@ def get_pc_sampler(sde, predictor: str = 'reverse_diffusion', corrector: str = '
   `project(keys, x, t) -> x`, if given, constrains the state at time t: it is applied to the
   prior draw and after every predictor and corrector update, with the time the state has then
   (controllable generation, see score_sde.controllable); keys are per-sample keys (B,).
+
+  t_start (None: T): the run starts at the first of the N times t_i at or below t_start, from
+  x_start, taken as the state there (None: the prior draws, only for t_start = T; see
+  sampling.start); it keeps the steps, noise streams and nfe of the whole run's remaining part.
   """
   predictor_cls = predictors.get_predictor(predictor)
   corrector_cls = correctors.get_corrector(corrector)
@@ -33,9 +46,15 @@ def get_pc_sampler(sde, predictor: str = 'reverse_diffusion', corrector: str = '
   if n_steps_each < 1:
     raise ValueError(f'n_steps_each = {n_steps_each} must be a positive integer.')
   sde.check_eps(eps)
+  if isinstance(sde, sde_lib.VPSDE) and np.max(sde.discrete_betas) > 1:
+    raise ValueError(f'The VP SDE with N = {sde.N} steps has discrete betas up to '
+                     f'{np.max(sde.discrete_betas):.3g} > 1 (beta_max / N), which its DDPM chain '
+                     'cannot take: use N >= beta_max for the PC sampler.')
   correctors.check_step_size_rule(step_size_rule)
+  t_start = start.start_time(sde, t_start, eps)
+  first = _first_step_at_or_below(sde, eps, t_start)
 
-  def sample(key, score_fn, shape, first_index=0, project=None):
+  def sample(key, score_fn, shape, first_index=0, project=None, *, x_start=None):
     predictor_obj = predictor_cls(sde, score_fn, probability_flow)
     corrector_obj = corrector_cls(sde, score_fn, snr, n_steps_each, step_size_rule)
     keys = streams.sample_keys(key, first_index, shape[0])
@@ -57,11 +76,11 @@ def get_pc_sampler(sde, predictor: str = 'reverse_diffusion', corrector: str = '
       x, _ = corrector_obj.update(step_keys(i, 1), x, jnp.full(shape[0], timesteps[i + 1]))
       return constrain(i, 3, x)
 
-    x = jax.vmap(lambda k: sde.prior_sampling(k, shape[1:]))(streams.fold_in_each(keys, 0))
-    x = constrain(-1, 2, x)
-    x = jax.lax.fori_loop(0, sde.N - 1, predict_correct, x)
+    x = constrain(first - 1, 2, start.initial_state(sde, keys, shape, x_start, t_start))
+    x = jax.lax.fori_loop(first, sde.N - 1, predict_correct, x)
     x, x_mean = predict(sde.N - 1, x)
-    nfe = sde.N * predictor_obj.evals_per_step + (sde.N - 1) * corrector_obj.evals_per_step
+    nfe = ((sde.N - first) * predictor_obj.evals_per_step +
+           (sde.N - 1 - first) * corrector_obj.evals_per_step)
     return (x_mean if noise_removal else x), nfe
 
   return sample
