@@ -5,6 +5,7 @@ setup(
     version='0.1.0',
     description='Score-based generative modeling through SDEs, in JAX.',
     packages=find_packages(include=['score_sde', 'score_sde.*', 'configs', 'configs.*']),
+    package_data={'score_sde': ['assets/*.npz']},
     python_requires='>=3.11',
     install_requires=[
         'jax',

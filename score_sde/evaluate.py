@@ -12,7 +12,9 @@ waiting for training to write the others), it writes to workdir/<eval_folder>/st
                         batches of eval.batch_size, with their Inception features for images
   samples.npz, samples.png (or samples_vs_data.png for 2-D data)
   report.json           everything above plus FID / KID / Inception score (images, with
-                        eval.fid_stats) or the energy distance (2-D data)
+                        eval.fid_stats) or the energy distance (2-D data); for the digits
+                        FD-digits (digits_features.py) and, class-conditional, the fraction of
+                        samples showing their class
 
 and appends the report to workdir/<eval_folder>/reports.jsonl. Each file is written once,
 atomically, and reused when the evaluation is restarted, so a preempted evaluation resumes where it
@@ -27,8 +29,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from score_sde import checkpoints, config_checks, datasets, evaluation, inception, likelihood
-from score_sde import losses, parallel, plots, sampling, workdir
+from score_sde import checkpoints, config_checks, datasets, digits_features, evaluation
+from score_sde import image_datasets, inception, likelihood, losses, parallel, plots, sampling
+from score_sde import models as models_lib
+from score_sde import workdir
 from score_sde import train as train_lib
 
 POLL_SECONDS = 5.0
@@ -304,6 +308,24 @@ def _sample_quality(plan: _Plan, drawn: dict) -> dict:
   return report
 
 
+def _digits_sample_quality(config, samples: np.ndarray) -> dict:
+  """FD-digits of the samples (uint8) against the test split, beside that of as many train
+  images; for class-conditional models, the fraction of samples the digits classifier reads
+  as the class they were drawn for (sample k: class k mod num_classes)."""
+  size = config.data.image_size
+  metric = digits_features.DigitsMetric(image_size=size)
+  images = samples.astype(np.float32) / 255.0
+  train_images, _ = image_datasets.digits_split('train')
+  train_images = np.stack([image_datasets.preprocess('digits', image, size)
+                           for image in train_images[:len(images)]]) / 255.0
+  report = {'fd_digits': metric.frechet_distance(images),
+            'fd_digits_train_vs_test': metric.frechet_distance(train_images)}
+  num_classes = models_lib.num_data_classes(config)
+  if num_classes is not None:
+    report['digit_accuracy'] = metric.accuracy(images, np.arange(len(images)) % num_classes)
+  return report
+
+
 def _toy_sample_quality(config, samples: np.ndarray, out: str) -> dict:
   """Energy distance of the samples to test data, next to that between two data draws."""
   seed, split = config_checks.get(config, 'seed'), datasets.SPLITS.index('test')
@@ -341,6 +363,8 @@ def _evaluate_step(config, plan, programs, state, step, mesh, out, features_of) 
         report['picture'] = plots.save_image_grid(os.path.join(out, 'samples.png'),
                                                   samples[:64].astype(np.float32) / 255.0)
       report.update(_sample_quality(plan, drawn))
+      if config.data.dataset == 'digits':
+        report.update(_digits_sample_quality(config, samples))
   report['report'] = os.path.join(out, 'report.json')
   return report
 

@@ -136,12 +136,17 @@ def _npz_source(config, split: str) -> _ArraySource:
     return _ArraySource(arrays['x'][keep], labels)
 
 
-def _digits_source(split: str) -> _ArraySource:
+def digits_split(split: str) -> tuple:
+  """scikit-learn's digits of a split: images uint8 (N, 8, 8, 1) and labels int32 (N,)."""
   from sklearn.datasets import load_digits
   digits = load_digits()
   images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
   keep = _holdout(np.arange(len(images)), split)
-  return _ArraySource(images[keep], digits.target[keep].astype(np.int32))
+  return images[keep], digits.target[keep].astype(np.int32)
+
+
+def _digits_source(split: str) -> _ArraySource:
+  return _ArraySource(*digits_split(split))
 
 
 def _tfrecord_source(config, split: str) -> tfrecords.TFRecordImages:

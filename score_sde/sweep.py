@@ -10,7 +10,8 @@ Every point samples from the same prior draws and noise streams (sample k uses f
 so differences between rows are the samplers', not the seeds'. Quality: for an analytic score,
 the unbiased energy distance to exact samples or the sliced Wasserstein distance to the known
 density; for images, FID / KID when the Inception weights
-are present and a pixel-space energy distance (a cheap proxy) otherwise.
+are present and a pixel-space energy distance (a cheap proxy) otherwise; for the bundled digits,
+FD-digits and the accuracy of class-conditional samples (`digits_quality`).
 """
 import dataclasses
 import itertools
@@ -21,7 +22,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from score_sde import evaluation, inception
+from score_sde import digits_features, evaluation, inception
 from score_sde import sampling
 from score_sde.sampling import ode as ode_lib
 
@@ -131,6 +132,22 @@ def image_quality(reference_images, config=None):
     return {'fid': evaluation.frechet_distance(*evaluation.feature_statistics(features), *stats),
             'kid': evaluation.kernel_inception_distance(
                 features, reference, subset_size=min(1000, len(features), len(reference)))[0]}
+
+  return quality
+
+
+def digits_quality(image_size: int = 8, num_classes=None):
+  """quality(samples) -> {'fd_digits'} for digit images (B, H, W, 1) in [0, 1], H = W =
+  image_size: FD-digits against the test split (digits_features.py); with `num_classes`, also
+  'digit_accuracy', the fraction of samples read as class k mod num_classes (sample k's class
+  in the framework's class-conditional draws)."""
+  metric = digits_features.DigitsMetric(image_size=image_size)
+
+  def quality(samples):
+    report = {'fd_digits': metric.frechet_distance(samples)}
+    if num_classes is not None:
+      report['digit_accuracy'] = metric.accuracy(samples, np.arange(len(samples)) % num_classes)
+    return report
 
   return quality
 

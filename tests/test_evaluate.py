@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from score_sde import checkpoints, datasets, evaluate, evaluation, inception, likelihood, losses
-from score_sde import train
+from score_sde import digits_features, image_datasets, train
 
 from .helpers import tiny_config
 from .inception_weights import random_state_dict
@@ -163,6 +163,10 @@ def test_image_evaluation_with_fid_kid_and_inception_score(tmp_path):
       mu, sigma, reference['mu'], reference['sigma']), rtol=1e-4)
   np.testing.assert_allclose(report['kid'], evaluation.kernel_inception_distance(
       np.asarray(features['pool_3']), reference['pool_3'])[0], rtol=1e-3, atol=1e-6)
+  # FD-digits: the digits classifier's features of the same stored samples.
+  np.testing.assert_allclose(report['fd_digits'], digits_features.DigitsMetric().frechet_distance(
+      samples / 255.0), rtol=1e-6)
+  assert 0 < report['fd_digits_train_vs_test'] < report['fd_digits']  # 10 steps: far from data
   expected_is = evaluation.inception_score(features['logits'], num_splits=8)[0]
   assert np.isfinite(expected_is)
   np.testing.assert_allclose(report['inception_score'], expected_is, rtol=1e-4)
@@ -175,3 +179,17 @@ def test_fid_without_weights_fails_before_any_work(tmp_path, monkeypatch):
   with pytest.raises(FileNotFoundError, match='FID Inception weights are needed'):
     evaluate.evaluate(config, str(tmp_path / 'run'))
   assert not os.path.exists(tmp_path / 'run')
+
+
+def test_digit_accuracy_reads_sample_k_as_class_k_mod_num_classes():
+  config = digits_config()
+  config.model.num_classes = 10
+  images, labels = image_datasets.digits_split('test')
+  by_class = [images[labels == c] for c in range(10)]
+  in_order = np.stack([by_class[k % 10][k // 10] for k in range(100)])  # sample k shows k mod 10
+  report = evaluate._digits_sample_quality(config, in_order)
+  assert report['digit_accuracy'] >= 0.97
+  rolled = np.roll(in_order, 1, axis=0)  # sample k shows k - 1 mod 10
+  assert evaluate._digits_sample_quality(config, rolled)['digit_accuracy'] <= 0.03
+  config.model.num_classes = None
+  assert 'digit_accuracy' not in evaluate._digits_sample_quality(config, in_order)

@@ -98,3 +98,15 @@ def test_build_sampler_errors():
     sweep.build_sampler(SDE, 'ddim', steps=10, churn=1.0)
   assert jnp.isfinite(sweep.build_sampler(SDE, 'ode', rtol=1e-3)(
       jax.random.PRNGKey(0), GMM.score_fn(SDE), (2, 2))[0]).all()
+
+
+def test_digits_quality_is_the_digits_metric_of_the_samples():
+  from score_sde import digits_features, image_datasets
+  images, labels = image_datasets.digits_split('test')
+  by_class = [images[labels == c] for c in range(10)]
+  samples = np.stack([by_class[k % 10][k // 10] for k in range(60)]) / 255.0
+  report = sweep.digits_quality(num_classes=10)(samples)
+  assert report['digit_accuracy'] >= 0.95
+  np.testing.assert_allclose(report['fd_digits'],
+                             digits_features.DigitsMetric().frechet_distance(samples), rtol=1e-9)
+  assert 'digit_accuracy' not in sweep.digits_quality()(samples)
