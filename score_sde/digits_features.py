@@ -69,7 +69,7 @@ def train(seed: int = 0, steps: int = 3000, batch_size: int = 128, lr: float = 1
   """Trains the classifier on the train split (random 1-pixel shifts, Adam, cross-entropy);
   returns its params."""
   images, labels = image_datasets.digits_split('train')
-  images = jnp.asarray(images, jnp.float32) / 255.0
+  images = jnp.asarray(images, jnp.float32) / 255.0  # divided by XLA, as for the committed weights
   labels = jnp.asarray(labels)
   model, optimizer = DigitsClassifier(), optax.adam(lr)
   key = jax.random.PRNGKey(seed)
@@ -120,6 +120,14 @@ def load(path: str = WEIGHTS) -> dict:
   return params
 
 
+def split_images(split: str, image_size: int = 8) -> tuple:
+  """A digits split as the data pipeline delivers it at `image_size`
+  (image_datasets.preprocess): images float32 (N, size, size, 1) in [0, 1], labels int32 (N,)."""
+  images, labels = image_datasets.digits_split(split)
+  resized = np.stack([image_datasets.preprocess('digits', image, image_size) for image in images])
+  return resized.astype(np.float32) / 255.0, labels
+
+
 class DigitsMetric:
   """The classifier's logits and features, FD-digits against the test split, and accuracy.
 
@@ -131,9 +139,7 @@ class DigitsMetric:
   def __init__(self, params: Optional[dict] = None, image_size: int = 8):
     self.params = load() if params is None else params
     self._apply = jax.jit(lambda p, x: DigitsClassifier().apply({'params': p}, x))
-    test_images, self.test_labels = image_datasets.digits_split('test')
-    self.test_images = np.stack([image_datasets.preprocess('digits', image, image_size)
-                                 for image in test_images]) / 255.0
+    self.test_images, self.test_labels = split_images('test', image_size)
     self.test_features = self.features(self.test_images)
     self.reference = evaluation.feature_statistics(self.test_features)
 

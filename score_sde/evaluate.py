@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from score_sde import checkpoints, config_checks, datasets, digits_features, evaluation
-from score_sde import image_datasets, inception, likelihood, losses, parallel, plots, sampling
+from score_sde import inception, likelihood, losses, parallel, plots, sampling
 from score_sde import models as models_lib
 from score_sde import workdir
 from score_sde import train as train_lib
@@ -312,12 +312,9 @@ def _digits_sample_quality(config, samples: np.ndarray) -> dict:
   """FD-digits of the samples (uint8) against the test split, beside that of as many train
   images; for class-conditional models, the fraction of samples the digits classifier reads
   as the class they were drawn for (sample k: class k mod num_classes)."""
-  size = config.data.image_size
-  metric = digits_features.DigitsMetric(image_size=size)
+  metric = digits_features.DigitsMetric(image_size=config.data.image_size)
   images = samples.astype(np.float32) / 255.0
-  train_images, _ = image_datasets.digits_split('train')
-  train_images = np.stack([image_datasets.preprocess('digits', image, size)
-                           for image in train_images[:len(images)]]) / 255.0
+  train_images = digits_features.split_images('train', config.data.image_size)[0][:len(images)]
   report = {'fd_digits': metric.frechet_distance(images),
             'fd_digits_train_vs_test': metric.frechet_distance(train_images)}
   num_classes = models_lib.num_data_classes(config)

@@ -25,10 +25,12 @@ def _reduce(per_dim: jax.Array, reduce_mean: bool) -> jax.Array:
   return jnp.mean(flat, axis=-1) if reduce_mean else 0.5 * jnp.sum(flat, axis=-1)
 
 
-def drop_labels(key, class_labels: jax.Array, rate: float, null_label: int) -> jax.Array:
-  """class_labels int (B,) with each replaced by `null_label` independently with probability
-  `rate` (label dropout: one model learns the conditional and the unconditional score)."""
-  drop = jax.random.bernoulli(key, rate, class_labels.shape)
+def drop_labels(key, class_labels: jax.Array, rate: float, null_label) -> jax.Array:
+  """class_labels (B, ...) with each row replaced by `null_label` (broadcast to a row: the null
+  class, or 0 = the empty caption's word ids) independently with probability `rate` (label or
+  context dropout: one model learns the conditional and the unconditional score)."""
+  drop = jax.random.bernoulli(key, rate, class_labels.shape[:1])
+  drop = drop.reshape(drop.shape + (1,) * (class_labels.ndim - 1))
   return jnp.where(drop, jnp.asarray(null_label, class_labels.dtype), class_labels)
 
 

@@ -10,7 +10,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from score_sde import digits_features, image_datasets  # noqa: E402
+from score_sde import digits_features  # noqa: E402
 
 
 def main():
@@ -21,10 +21,9 @@ def main():
   params = digits_features.train(args.seed, args.steps)
   path = digits_features.save(params)
   metric = digits_features.DigitsMetric(params)
-  test_images, test_labels = image_datasets.digits_split('test')
-  train_images, _ = image_datasets.digits_split('train')
-  print({'weights': path, 'test_accuracy': metric.accuracy(test_images / 255.0, test_labels),
-         'fd_train_vs_test': metric.frechet_distance(train_images / 255.0)})
+  train_images, _ = digits_features.split_images('train')
+  print({'weights': path, 'test_accuracy': metric.accuracy(metric.test_images, metric.test_labels),
+         'fd_train_vs_test': metric.frechet_distance(train_images)})
 
 if __name__ == '__main__':
   main()

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from scipy import special
 
+from score_sde import losses
 from score_sde.models import context as context_lib
 from score_sde.models import ldm_blocks
 
@@ -84,11 +85,11 @@ def test_class_context_has_a_null_token():
 @pytest.mark.parametrize('rate', [0.1, 0.5])
 def test_context_dropout_honours_its_rate_and_keeps_the_rest(rate):
   ids = jnp.tile(jnp.arange(1, 6, dtype=jnp.int32), (20_000, 1))
-  dropped = context_lib.drop_context(jax.random.PRNGKey(1), ids, rate, 0)
+  dropped = losses.drop_labels(jax.random.PRNGKey(1), ids, rate, 0)
   empty = np.all(np.asarray(dropped) == 0, axis=1)
   kept = np.all(np.asarray(dropped) == np.asarray(ids), axis=1)
   assert np.all(empty | kept)
   standard_error = np.sqrt(rate * (1 - rate) / len(ids))
   assert abs(empty.mean() - rate) < 4.5 * standard_error
-  labels = context_lib.drop_context(jax.random.PRNGKey(2), jnp.arange(8), 0.0, 10)
+  labels = losses.drop_labels(jax.random.PRNGKey(2), jnp.arange(8), 0.0, 10)
   np.testing.assert_array_equal(labels, np.arange(8))

@@ -5,17 +5,12 @@ import jax
 import numpy as np
 import pytest
 
-from score_sde import digits_features, image_datasets
+from score_sde import digits_features
 
 
 @pytest.fixture(scope='module', params=[8, 16])
 def metric(request):
   return digits_features.DigitsMetric(image_size=request.param)
-
-
-def train_images(size: int) -> np.ndarray:
-  images, _ = image_datasets.digits_split('train')
-  return np.stack([image_datasets.preprocess('digits', image, size) for image in images]) / 255.0
 
 
 def test_committed_classifier_reads_the_test_digits(metric):
@@ -26,7 +21,7 @@ def test_committed_classifier_reads_the_test_digits(metric):
 def test_fd_digits_is_zero_for_the_test_split_and_far_larger_for_noise(metric):
   size = metric.test_images.shape[1]
   assert abs(metric.frechet_distance(metric.test_images)) < 1e-3
-  real = metric.frechet_distance(train_images(size)[:180])
+  real = metric.frechet_distance(digits_features.split_images('train', size)[0][:180])
   noise = metric.frechet_distance(np.random.default_rng(0).uniform(size=(180, size, size, 1)))
   assert 0 < real < noise / 4, (real, noise)  # measured: 150 vs 808 (8x8), 104 vs 825 (16x16)
 

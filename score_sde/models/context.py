@@ -8,14 +8,13 @@ latent U-Net (models/unet_ldm.py) attends to, a sequence (B, L, width).
                  text-to-image models trained theirs. The empty caption (all padding) is the
                  null context.
 
-`drop_context` replaces a batch's conditions by the null ones at a given rate, so that one
-model learns the conditional and the unconditional score (classifier-free guidance, Ho &
+Training replaces a batch's conditions by the null ones at a given rate (losses.drop_labels), so
+that one model learns the conditional and the unconditional score (classifier-free guidance, Ho &
 Salimans 2022).
 """
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from score_sde.models import attention
@@ -74,10 +73,3 @@ class TextContext(nn.Module):
       x = TextLayer(self.heads, dtype=self.dtype, name=f'layers_{i}')(x)
     return nn.LayerNorm(dtype=self.dtype, name='final_norm')(x)
 
-
-def drop_context(key, conditions, rate: float, null):
-  """conditions (B, ...) with each row replaced by `null` (broadcast to a row: the null label,
-  or 0 = the empty caption's word ids) independently with probability `rate`."""
-  drop = jax.random.bernoulli(key, rate, conditions.shape[:1])
-  drop = drop.reshape(drop.shape + (1,) * (conditions.ndim - 1))
-  return jnp.where(drop, jnp.asarray(null, conditions.dtype), conditions)
