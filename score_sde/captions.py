@@ -1,49 +1,16 @@
-"""Captioned images built from scikit-learn's digits, and the word-level tokenizer of the small
-text encoders trained with a latent model (LDM's text-to-image models trained theirs jointly).
-
-Two bundled sets, each split like the digits (every tenth image is a test image; a set's
-images are drawn from its own split only):
-
-  single digits:  the 8x8 digit with the caption 'a handwritten seven';
-  digit pairs:    two digits side by side (8 x 16), captioned by their order, as 'three left of
-                  eight' or, for the same image, 'eight right of three' (each with probability
-                  1/2): a model follows it only by attending to which word names which side.
-
-Images are uint8 (N, H, W, 1); captions are lists of str; labels int32 (N,) or (N, 2) (left,
-right).
+"""Captions: the words of the bundled captioned digits (image_datasets.captioned_digits,
+digit_pairs) and the word-level tokenizer of the small text encoders trained with a latent
+model (LDM's text-to-image models trained theirs jointly).
 """
 import re
 from typing import Sequence
 
 import numpy as np
 
-from score_sde import image_datasets
-
 DIGIT_WORDS = ('zero', 'one', 'two', 'three', 'four', 'five', 'six', 'seven', 'eight', 'nine')
 # Every word of both sets' captions.
 DIGIT_VOCABULARY = ('a', 'handwritten', *DIGIT_WORDS, 'left', 'right', 'of')
 PAD, UNKNOWN = '<pad>', '<unk>'
-
-
-def single_digits(split: str) -> tuple:
-  """(images uint8 (N, 8, 8, 1), captions, labels int32 (N,)) of a digits split."""
-  images, labels = image_datasets.digits_split(split)
-  return images, [f'a handwritten {DIGIT_WORDS[d]}' for d in labels], labels
-
-
-def digit_pairs(split: str, count: int, seed: int = 0) -> tuple:
-  """(images uint8 (count, 8, 16, 1), captions, labels int32 (count, 2) = (left, right)):
-  random ordered pairs of the split's digits, the same for the same (split, count, seed)."""
-  if count < 1:
-    raise ValueError(f'count = {count} must be a positive number of pairs.')
-  images, labels = image_datasets.digits_split(split)
-  rng = np.random.default_rng([seed, int(split == 'test')])
-  left, right = rng.integers(0, len(images), (2, count))
-  flip = rng.random(count) < 0.5
-  pairs = np.concatenate([images[left], images[right]], axis=2)
-  words = [(DIGIT_WORDS[labels[a]], DIGIT_WORDS[labels[b]]) for a, b in zip(left, right)]
-  captions = [f'{b} right of {a}' if f else f'{a} left of {b}' for (a, b), f in zip(words, flip)]
-  return pairs, captions, np.stack([labels[left], labels[right]], axis=1)
 
 
 def words_of(caption: str) -> list:

@@ -116,3 +116,19 @@ class TrainingCheckpoints:
     for store in (self.kept, self.preemption):
       store.wait()
       store.close()
+
+
+def restore_newest(workdir_path: str, like_state) -> Optional[tuple]:
+  """(state, step) of the newest step of a workdir's kept or preemption checkpoints, for reading
+  a finished run (nothing is written or moved); None if it has none."""
+  stores = [CheckpointStore(os.path.join(workdir_path, directory))
+            for directory in (KEPT_DIRECTORY, PREEMPTION_DIRECTORY)
+            if os.path.isdir(os.path.join(workdir_path, directory))]
+  candidates = [(store.latest_step(), store) for store in stores if store.steps()]
+  restored = None
+  if candidates:
+    step, store = max(candidates, key=lambda candidate: candidate[0])
+    restored = store.restore(step, like_state)[0], int(step)
+  for store in stores:
+    store.close()
+  return restored

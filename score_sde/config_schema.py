@@ -9,6 +9,8 @@ new field declares it here and sets it in the default configs (configs/default_*
 FIELDS = {
     'seed': 'integer seed of the run: every random key is split from jax.random.key(seed)',
     'training': {
+        'method': "what is trained: 'score' (a score model, the default; None: 'score') | "
+                  "'autoencoder' (the KL autoencoder of latent diffusion, section autoencoder)",
         'sde': "'vpsde' | 'subvpsde' | 'vesde'",
         'continuous': 'continuous time, t ~ U(eps, T); else the discrete SMLD / DDPM loss',
         'reduce_mean': 'average the squared error over data dimensions (else half the sum)',
@@ -132,6 +134,19 @@ FIELDS = {
                        'NCSN++ / DDPM / MLP: number of data classes of a class-conditional '
                        'model (None: unconditional)',
         'scale_by_sigma': 'divide the network output by the noise level',
+        'conditioning': "ldm_unet: None | 'class' (model.num_classes) | 'text' (captions, a "
+                        "text encoder trained with the model) | 'clip' (captions, the frozen "
+                        'CLIP of model.text_encoder)',
+        'head_dim': 'ldm_unet: channels per attention head',
+        'context_dim': 'ldm_unet: width of the cross-attention context (the text features of '
+                       "'clip')",
+        'context_length': "ldm_unet 'text': words per caption; 'clip': the tokenizer's 77",
+        'vocabulary': "ldm_unet 'text': the caption words (None: those of the training "
+                      "captions, recorded in the run's config)",
+        'text_layers': "ldm_unet 'text': transformer layers of the caption encoder",
+        'text_heads': "ldm_unet 'text': attention heads of the caption encoder",
+        'text_encoder': "ldm_unet 'clip': a Stable Diffusion checkpoint whose tokenizer and CLIP "
+                        'text encoder (frozen) encode the captions',
         'preconditioning': "None (the official parameterisations) | 'edm' (Karras et al. 2022: "
                            'the network is the F of a denoiser, score_sde.edm)',
         'sigma_data': "model.preconditioning 'edm': std of the data (None: 0.5, images in "
@@ -153,6 +168,7 @@ FIELDS = {
         'optimizer': "'Adam'",
         'lr': 'learning rate after warm-up',
         'beta1': 'Adam beta1',
+        'beta2': 'Adam beta2 (None: 0.999)',
         'eps': 'Adam epsilon',
         'amsgrad': '(official; its optimizer ignores it too) False',
         'weight_decay': 'decoupled weight decay',
@@ -160,6 +176,11 @@ FIELDS = {
         'grad_clip': 'largest global gradient norm (negative: no clipping)',
     },
     'latent': {
+        'autoencoder': 'latent score runs: the workdir of an autoencoder run, or a Stable '
+                       'Diffusion checkpoint (its VAE); the model trains on its latents',
+        'scale_factor': 'latents = scale_factor x z (None: the SD checkpoint\'s, or 1 / std of '
+                        "the first training batch's latents, recorded in the run's config)",
+        'sample_posterior': 'encode training images to a posterior sample (else its mean)',
         'checkpoint': 'Stable Diffusion checkpoint: a diffusers folder or a .safetensors / .ckpt '
                       'single file',
         'architecture': "single files: a preset 'sd1' | 'sd2' | 'sd2-base' or a diffusers folder "
@@ -171,6 +192,22 @@ FIELDS = {
                  'bfloat16 on accelerators, float32 on CPU)',
         'timesteps': "'discrete' (the U-Net at the chain's steps) | 'continuous' (at the "
                      'fractional step of the continuous kernel)',
+    },
+    'autoencoder': {
+        'block_channels': 'channels of each encoder block; downsampling 2^(len - 1)',
+        'layers_per_block': 'ResNet blocks per encoder block (the decoder has one more)',
+        'latent_channels': 'channels of the latent',
+        'norm_groups': 'groups of the GroupNorms (divides every block_channels entry)',
+        'reconstruction': "'l1' | 'l2' reconstruction error",
+        'kl_weight': 'weight of the KL term (LDM: 1e-6)',
+        'sample_posterior': 'decode a posterior sample in training (else its mean)',
+        'discriminator_weight': 'weight of the PatchGAN term, with the adaptive weight (0: none)',
+        'discriminator_start': 'training step from which the adversarial terms are on',
+        'discriminator_channels': 'channels of the first discriminator layer',
+        'discriminator_layers': 'stride-2 layers of the discriminator',
+        'perceptual_weight': 'weight of the LPIPS term added to the reconstruction error (0: none)',
+        'perceptual_weights': 'directory of the LPIPS files (lpips.py; None: '
+                              '$SCORE_SDE_LPIPS_WEIGHTS)',
     },
     'generate': {
         'negative_prompt': 'the prompt guidance steers away from (the null context)',

@@ -186,13 +186,14 @@ def num_examples(config, split: str) -> Optional[int]:
   return len(image_datasets.open_source(config, split))
 
 
-def has_labels(config, split: str = 'train') -> bool:
-  """Whether the batches of the split carry 'label' (class labels); toy data have none."""
+def example_fields(config, split: str = 'train') -> tuple:
+  """The entries of the split's examples besides the image ('label', 'caption'); toy data have
+  none."""
   _check_request(config, split, 1)
   if is_toy(config):
-    return False
+    return ()
   source = image_datasets.open_source(config, split)
-  return len(source) > 0 and 'label' in source[0]
+  return tuple(k for k in source[0] if k != 'image') if len(source) else ()
 
 
 def get_dataset(config, split: str, batch_size: int, *, evaluation: bool = False,
@@ -201,7 +202,8 @@ def get_dataset(config, split: str, batch_size: int, *, evaluation: bool = False
 
   batch_size: rows per batch for this process (a global batch over jax.process_count() processes
   has batch_size * process_count rows). Batches are {'x': float32 (batch_size, *data_shape)},
-  images in [0, 1], plus 'label': int32 (batch_size,) where the dataset has labels. Iterators
+  images in [0, 1], plus 'label': int32 (batch_size, ...) and 'caption': str (batch_size,) where
+  the dataset has them. Iterators
   have get_state() / set_state(state) (JSON-serialisable), and resume bitwise.
 
   evaluation=False (training): shuffled with data.shuffle_seed (None: config.seed), reshuffled
@@ -231,13 +233,17 @@ def get_dataset(config, split: str, batch_size: int, *, evaluation: bool = False
     def read(indices):
       rows = [examples[int(i)] for i in indices]
       batch = {'x': np.stack([row['image'] for row in rows]).astype(np.float32) / 255.0}
-      if 'label' in rows[0]:
-        batch['label'] = np.stack([row['label'] for row in rows])
+      for field in ('label', 'caption'):
+        if field in rows[0]:
+          batch[field] = np.stack([row[field] for row in rows])
       return batch
 
     return EvaluationBatches(read, num, batch_size, process_index, process_count)
   epochs = config.data.get('num_epochs')
   flip = bool(config_checks.get(config, 'data.random_flip'))
+  if flip and config.data.dataset == 'digit_pairs':
+    raise ValueError("data.random_flip = True would swap the digits of 'digit_pairs' against "
+                     'their captions (left of / right of); set it to False.')
   dequantize = bool(config_checks.get(config, 'data.uniform_dequantization'))
   seed = _seed(config, 'shuffle_seed')
   pipeline = (examples[process_index::process_count].shuffle(seed=seed)

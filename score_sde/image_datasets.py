@@ -5,19 +5,32 @@ Sources (`data.dataset`):
                                 under data.data_dir; tfds names cifar10, svhn_cropped, celeb_a,
                                 lsun/<data.category>)
   FFHQ, CelebAHQ, folder        image files (png, jpg, jpeg, bmp, webp) under data.path
-                                (recursively); FFHQ / CelebAHQ also the official StyleGAN
-                                TFRecord file at data.tfrecords_path (score_sde/tfrecords.py)
+                                (recursively), captioned when each has a .txt of the same name
+                                beside it; FFHQ / CelebAHQ also the official StyleGAN TFRecord
+                                file at data.tfrecords_path (score_sde/tfrecords.py)
   npz                           an .npz at data.path: 'train' and 'test' uint8 (N, H, W, C) arrays
-                                (with optional 'train_label' / 'test_label'), or one 'x' array
-                                (with optional 'label')
+                                (with optional 'train_label' / 'test_label', 'train_caption' /
+                                'test_caption' string arrays), or one 'x' array (with optional
+                                'label', 'caption')
   digits                        scikit-learn's bundled 8x8 handwritten digits (1,797 images, 1
                                 channel, labels 0-9), no download
+  digit_captions                the digits captioned from their label: 'a handwritten seven'
+  digit_pairs                   two digits side by side (rows 4-11 of a 16 x 16 canvas),
+                                captioned by their order: 'three left of eight' or, for the same
+                                image, 'eight right of three' (each with probability 1/2), which
+                                a model follows only by attending to which word names which
+                                side; labels (left, right); 20,000 train and 1,000 test pairs
+                                drawn from the digits of their own split
+
+Examples are {'image': uint8 (H, W, C)} with 'label' (int32, (), or (2,) for the pairs) and
+'caption' (str) where the source has them.
 
 Splits: 'test' is CelebA's and LSUN's validation split. Sources with no split of their own (a
-folder, a TFRecord file, an .npz with one 'x' array, the digits) hold out every tenth example
+folder, a TFRecord file, an .npz with one 'x' array, the digits and the sets made of them) hold
+out every tenth example
 (index % 10 == 9) as 'test', in sorted-file, record or array order.
 
-Preprocessing, as the official code (Song et al. 2021): CIFAR10 / SVHN / digits resized to
+Preprocessing, as the official code (Song et al. 2021): CIFAR10 / SVHN / the digits sets resized to
 image_size if it differs; CELEBA centre-cropped to 140 x 140, then resized; LSUN, FFHQ, CelebAHQ,
 folder and npz: shorter side resized to image_size, then centre-cropped. Resizing is PIL's
 bilinear filter, antialiased when shrinking. Pixels are 8-bit values k, given to the model as
@@ -32,12 +45,14 @@ import grain
 import numpy as np
 from PIL import Image
 
-from score_sde import config_checks, tfrecords
+from score_sde import captions, config_checks, tfrecords
 
 TFDS_DATASETS = ('CIFAR10', 'SVHN', 'CELEBA', 'LSUN')
 FILE_DATASETS = ('FFHQ', 'CelebAHQ', 'folder', 'npz')
-IMAGE_DATASETS = TFDS_DATASETS + FILE_DATASETS + ('digits',)
-NATIVE_CHANNELS = {'digits': 1}  # every other dataset: 3 (RGB)
+CAPTIONED_DIGITS = ('digit_captions', 'digit_pairs')
+IMAGE_DATASETS = TFDS_DATASETS + FILE_DATASETS + ('digits',) + CAPTIONED_DIGITS
+NATIVE_CHANNELS = {'digits': 1, 'digit_captions': 1, 'digit_pairs': 1}  # others: 3 (RGB)
+DIGIT_PAIRS = {'train': 20_000, 'test': 1_000}  # pairs of the 'digit_pairs' splits
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.webp')
 HOLDOUT_EVERY = 10
 CELEBA_CROP = 140
@@ -75,10 +90,11 @@ def _holdout(indices: np.ndarray, split: str) -> np.ndarray:
 
 
 class _ArraySource:
-  """Random access to uint8 images (N, H, W, C) and optional labels (N,)."""
+  """Random access to uint8 images (N, H, W, C), optional labels (N, ...) and captions (N,)."""
 
-  def __init__(self, images: np.ndarray, labels: Optional[np.ndarray]):
-    self.images, self.labels = images, labels
+  def __init__(self, images: np.ndarray, labels: Optional[np.ndarray],
+               texts: Optional[np.ndarray] = None):
+    self.images, self.labels, self.texts = images, labels, texts
 
   def __len__(self):
     return len(self.images)
@@ -87,21 +103,45 @@ class _ArraySource:
     example = {'image': self.images[index]}
     if self.labels is not None:
       example['label'] = self.labels[index]
+    if self.texts is not None:
+      example['caption'] = str(self.texts[index])
     return example
 
 
 class _FileSource:
-  """Random access to image files, decoded to uint8 RGB (H, W, 3)."""
+  """Random access to image files, decoded to uint8 RGB (H, W, 3), with the caption of a .txt
+  file of the same name beside each (stripped) when every image has one."""
 
   def __init__(self, paths: list):
     self.paths = paths
+    self.captioned = bool(paths) and all(os.path.exists(_caption_path(p)) for p in paths)
 
   def __len__(self):
     return len(self.paths)
 
   def __getitem__(self, index):
     with Image.open(self.paths[index]) as image:
-      return {'image': np.asarray(image.convert('RGB'))}
+      example = {'image': np.asarray(image.convert('RGB'))}
+    if self.captioned:
+      with open(_caption_path(self.paths[index]), encoding='utf-8') as f:
+        example['caption'] = f.read().strip()
+    return example
+
+
+def split_captions(config, split: str) -> list:
+  """Every caption of a split, in order, read without decoding the images; [] if the source
+  has none."""
+  source = open_source(config, split)
+  if isinstance(source, _FileSource):
+    if not source.captioned:
+      return []
+    return [open(_caption_path(p), encoding='utf-8').read().strip() for p in source.paths]
+  texts = getattr(source, 'texts', None)
+  return [] if texts is None else [str(t) for t in texts]
+
+
+def _caption_path(image_path: str) -> str:
+  return os.path.splitext(image_path)[0] + '.txt'
 
 
 def _path(config) -> str:
@@ -127,13 +167,15 @@ def _npz_source(config, split: str) -> _ArraySource:
   path = _path(config)
   with np.load(path) as arrays:
     if 'train' in arrays and 'test' in arrays:
-      return _ArraySource(arrays[split], arrays.get(f'{split}_label'))
+      return _ArraySource(arrays[split], arrays.get(f'{split}_label'),
+                          arrays.get(f'{split}_caption'))
     if 'x' not in arrays:
       raise ValueError(f"{path} must hold 'train' and 'test' arrays or one 'x' array; it holds "
                        f'{sorted(arrays.keys())}.')
     keep = _holdout(np.arange(len(arrays['x'])), split)
     labels = arrays['label'][keep] if 'label' in arrays else None
-    return _ArraySource(arrays['x'][keep], labels)
+    texts = arrays['caption'][keep] if 'caption' in arrays else None
+    return _ArraySource(arrays['x'][keep], labels, texts)
 
 
 def digits_split(split: str) -> tuple:
@@ -145,8 +187,47 @@ def digits_split(split: str) -> tuple:
   return images[keep], digits.target[keep].astype(np.int32)
 
 
+def captioned_digits(split: str) -> tuple:
+  """(images uint8 (N, 8, 8, 1), captions, labels int32 (N,)) of a digits split."""
+  images, labels = digits_split(split)
+  return images, [f'a handwritten {captions.DIGIT_WORDS[d]}' for d in labels], labels
+
+
+def digit_pairs(split: str, count: int, seed: int = 0) -> tuple:
+  """(images uint8 (count, 8, 16, 1), captions, labels int32 (count, 2) = (left, right)):
+  random ordered pairs of the split's digits, the same for the same (split, count, seed)."""
+  if count < 1:
+    raise ValueError(f'count = {count} must be a positive number of pairs.')
+  images, labels = digits_split(split)
+  rng = np.random.default_rng([seed, int(split == 'test')])
+  left, right = rng.integers(0, len(images), (2, count))
+  flip = rng.random(count) < 0.5
+  pairs = np.concatenate([images[left], images[right]], axis=2)
+  names = captions.DIGIT_WORDS
+  words = [(names[labels[a]], names[labels[b]]) for a, b in zip(left, right)]
+  texts = [f'{b} right of {a}' if f else f'{a} left of {b}' for (a, b), f in zip(words, flip)]
+  return pairs, texts, np.stack([labels[left], labels[right]], axis=1)
+
+
+def pairs_canvas(pairs: np.ndarray) -> np.ndarray:
+  """Digit pairs (N, 8, 16, C) centred on a square canvas (N, 16, 16, C) of zeros (rows 4-11),
+  the images of data.dataset 'digit_pairs'."""
+  canvas = np.zeros((len(pairs), 16, 16, pairs.shape[-1]), pairs.dtype)
+  canvas[:, 4:12] = pairs
+  return canvas
+
+
 def _digits_source(split: str) -> _ArraySource:
   return _ArraySource(*digits_split(split))
+
+
+def _captioned_digits_source(dataset: str, split: str) -> _ArraySource:
+  if dataset == 'digit_captions':
+    images, texts, labels = captioned_digits(split)
+  else:
+    images, texts, labels = digit_pairs(split, DIGIT_PAIRS[split])
+    images = pairs_canvas(images)
+  return _ArraySource(images, labels, np.asarray(texts))
 
 
 def _tfrecord_source(config, split: str) -> tfrecords.TFRecordImages:
@@ -163,6 +244,8 @@ def open_source(config, split: str):
     return _open_tfds(config, split)
   if dataset == 'digits':
     return _digits_source(split)
+  if dataset in CAPTIONED_DIGITS:
+    return _captioned_digits_source(dataset, split)
   if (dataset in ('FFHQ', 'CelebAHQ') and not config.data.get('path') and
       config.data.get('tfrecords_path')):
     return _tfrecord_source(config, split)
@@ -196,7 +279,7 @@ def preprocess(dataset: str, image: np.ndarray, size: int) -> np.ndarray:
   image = image.reshape(*image.shape[:2], -1)
   if dataset == 'CELEBA':
     return _resize(_centre_crop(image, CELEBA_CROP), size, size)
-  if dataset in ('CIFAR10', 'SVHN', 'digits'):
+  if dataset in ('CIFAR10', 'SVHN', 'digits') + CAPTIONED_DIGITS:
     return _resize(image, size, size)
   return _centre_crop(_resize_shorter_side(image, size), size)
 
@@ -209,15 +292,17 @@ def example_pipeline(config, split: str) -> grain.MapDataset:
   def prepare(example):
     prepared = {'image': preprocess(dataset, np.asarray(example['image']), size)}
     if 'label' in example:
-      prepared['label'] = np.int32(example['label'])
+      prepared['label'] = np.asarray(example['label'], np.int32)
+    if 'caption' in example:
+      prepared['caption'] = example['caption']
     return prepared
 
   return grain.MapDataset.source(open_source(config, split)).map(prepare)
 
 
 def augment(example: dict, rng: np.random.Generator, *, flip: bool, dequantize: bool) -> dict:
-  """Training example -> {'x': float32 (H, W, C) in [0, 1], maybe 'label'}: a horizontal flip with
-  probability 1/2 and uniform dequantization, each if asked."""
+  """Training example -> {'x': float32 (H, W, C) in [0, 1], maybe 'label', 'caption'}: a
+  horizontal flip with probability 1/2 and uniform dequantization, each if asked."""
   image = example['image']
   if flip and rng.random() < 0.5:
     image = image[:, ::-1]
@@ -225,4 +310,4 @@ def augment(example: dict, rng: np.random.Generator, *, flip: bool, dequantize: 
     x = (image.astype(np.float32) + rng.random(image.shape, dtype=np.float32)) / 256.0
   else:
     x = image.astype(np.float32) / 255.0
-  return {'x': x, **({'label': example['label']} if 'label' in example else {})}
+  return {'x': x, **{k: v for k, v in example.items() if k in ('label', 'caption')}}

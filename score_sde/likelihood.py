@@ -122,19 +122,21 @@ def _check_unit_range(x):
                      f'[{low}, {high}]. Pass data before the data scaler.')
 
 
-def get_model_bpd_fn(config, sde, model):
+def get_model_bpd_fn(config, sde, model, latent: bool = False):
   """Jitted bpd(variables, key, x) -> (bpd (B,), z, nfe (B,)) of a trained model on data x in
   data units (before the scaler), from config.likelihood (solver, rtol, atol, num_steps,
   divergence, num_probes, eps) and data.dequantization, honouring config.training.continuous
-  for the score."""
+  for the score. With `latent`, x are a latent run's latents: no scaler, no dequantization."""
   solver = ode.ODESolver(solver=config_checks.choice(config, 'likelihood.solver', ode.SOLVERS),
                          rtol=config_checks.positive_float(config, 'likelihood.rtol'),
                          atol=config_checks.positive_float(config, 'likelihood.atol'),
                          num_steps=config_checks.positive_int(config, 'likelihood.num_steps'))
-  dequantization = config_checks.choice(config, 'data.dequantization', DEQUANTIZATIONS)
+  dequantization = ('none' if latent else
+                    config_checks.choice(config, 'data.dequantization', DEQUANTIZATIONS))
   continuous = bool(config_checks.get(config, 'training.continuous'))
   bits_per_dim = get_bpd_fn(
-      sde, data_scaler=datasets.get_data_scaler(config), dequantization=dequantization,
+      sde, data_scaler=(lambda x: x) if latent else datasets.get_data_scaler(config),
+      dequantization=dequantization,
       solver=solver, divergence=config_checks.choice(config, 'likelihood.divergence', DIVERGENCES),
       num_probes=config_checks.positive_int(config, 'likelihood.num_probes'),
       eps=config_checks.positive_float(config, 'likelihood.eps'), continuous=continuous)

@@ -102,18 +102,20 @@ def label_dropout(config) -> float:
   return config_checks.unit_interval(config, 'training.label_dropout')
 
 
-def get_loss_fn(config, sde: sde_lib.SDE, model, train: bool,
-                per_example: bool = False) -> Callable:
+def get_loss_fn(config, sde: sde_lib.SDE, model, train: bool, per_example: bool = False,
+                null_condition=None) -> Callable:
   """loss_fn(params, key, x0, class_labels=None) -> the batch-mean loss (or the per-example
   losses (B,) with per_example=True), as selected by config.training.
 
-  A class-conditional model (models.num_data_classes) needs class_labels int (B,) (ValueError
-  when traced without them); with `train`, each is replaced by the null label num_classes with
-  probability training.label_dropout, drawn from a key split off `key`. Unconditional models
-  ignore class_labels. With model.preconditioning = 'edm' the loss is EDM's (edm.py), on noise
-  levels drawn from training.edm_p_mean / edm_p_std. Raises ValueError, before anything is
-  compiled, for combinations with no loss: discrete training of subVP, likelihood weighting with
-  discrete training or EDM, label dropout outside [0, 1) or without a class-conditional model.
+  A conditional model (models.example_condition: class-conditional, or an ldm_unet conditioned
+  on captions) needs its conditions class_labels (B, ...) (ValueError when traced without them);
+  with `train`, each is replaced by the null condition (`null_condition`, default the model's:
+  the null label num_classes, the empty caption) with probability training.label_dropout, drawn
+  from a key split off `key`. Unconditional models ignore class_labels. With
+  model.preconditioning = 'edm' the loss is EDM's (edm.py), on noise levels drawn from
+  training.edm_p_mean / edm_p_std. Raises ValueError, before anything is compiled, for
+  combinations with no loss: discrete training of subVP, likelihood weighting with discrete
+  training or EDM, label dropout outside [0, 1) or without a conditional model.
   """
   reduce_mean = bool(config_checks.get(config, 'training.reduce_mean'))
   continuous = bool(config_checks.get(config, 'training.continuous'))
@@ -126,22 +128,23 @@ def get_loss_fn(config, sde: sde_lib.SDE, model, train: bool,
                      f"training.sde in ['vesde', 'vpsde'], not {type(sde).__name__}.")
   preconditioning = edm.from_config(config)
   dropout_rate = label_dropout(config)
-  num_classes = models_lib.num_data_classes(config)
-  if dropout_rate > 0 and num_classes is None:
+  example = models_lib.example_condition(config)
+  if dropout_rate > 0 and example is None:
     raise ValueError(f'Config field training.label_dropout = {dropout_rate} needs a '
-                     'class-conditional model: model.num_classes set, model.name in '
-                     "['ddpm', 'mlp', 'ncsnpp'].")
+                     'conditional model: model.num_classes set with model.name in '
+                     "['ddpm', 'mlp', 'ncsnpp'], or model.conditioning with 'ldm_unet'.")
+  null = example[0] if null_condition is None and example is not None else null_condition
 
   def example_losses(params, key, x0, class_labels=None):
-    if num_classes is None:
+    if example is None:
       class_labels = None
     elif class_labels is None:
-      raise ValueError(f'Config field model.num_classes = {num_classes} makes the model '
-                       'class-conditional: its loss needs the class labels (the dataset '
-                       "must yield 'label').")
+      raise ValueError('The model is conditional (model.num_classes or model.conditioning): '
+                       "its loss needs the batches' conditions (the dataset must yield "
+                       "'label' or 'caption').")
     elif train and dropout_rate > 0:
       key, drop_key = jax.random.split(key)
-      class_labels = drop_labels(drop_key, class_labels, dropout_rate, num_classes)
+      class_labels = drop_labels(drop_key, class_labels, dropout_rate, null)
     variables = {'params': params}
     if preconditioning is not None:
       model_fn = models_lib.get_model_fn(model, variables, train=train)
@@ -165,7 +168,8 @@ def get_loss_fn(config, sde: sde_lib.SDE, model, train: bool,
 
 
 def get_optimizer(config) -> optax.GradientTransformation:
-  """Adam with decoupled weight decay, linear warm-up and global-norm clipping (config.optim).
+  """Adam with decoupled weight decay, linear warm-up and global-norm clipping (config.optim;
+  beta2 0.999 unless optim.beta2 is set).
 
   The k-th update (k = 1, 2, ...) uses learning rate lr * min(k / warmup, 1) (no warm-up if
   warmup <= 0); gradients are rescaled to global norm at most grad_clip (no clipping if < 0).
@@ -178,7 +182,9 @@ def get_optimizer(config) -> optax.GradientTransformation:
   def schedule(count):
     return lr * jnp.minimum((count + 1) / warmup, 1.0) if warmup > 0 else lr
 
-  adam = optax.adamw(schedule, b1=config_checks.unit_interval(config, 'optim.beta1'), b2=0.999,
+  beta2 = 0.999 if config.optim.get('beta2') is None else config_checks.unit_interval(
+      config, 'optim.beta2')
+  adam = optax.adamw(schedule, b1=config_checks.unit_interval(config, 'optim.beta1'), b2=beta2,
                      eps=config_checks.positive_float(config, 'optim.eps'),
                      weight_decay=config_checks.get(config, 'optim.weight_decay'))
   return optax.chain(optax.clip_by_global_norm(grad_clip), adam) if grad_clip >= 0 else adam
@@ -209,17 +215,18 @@ def ema_update(params_ema, params, rate: float):
   return jax.tree.map(lambda e, p: rate * e + (1.0 - rate) * p, params_ema, params)
 
 
-def get_train_step(config, sde, model, optimizer) -> Callable:
+def get_train_step(config, sde, model, optimizer, null_condition=None) -> Callable:
   """train_steps(state, x0s, class_labels=None) -> (state, losses) running len(x0s) updates in
   one lax.scan.
 
   x0s has shape (n_steps, B, ...) (n_steps = config.training.n_jitted_steps in the driver);
-  class_labels int (n_steps, B) (needed by class-conditional models, ignored otherwise); losses
-  has shape (n_steps,). Jit it once per n_steps. One step runs without a loop: inside a while
-  loop XLA:CPU computes convolution weight gradients 10-20x slower (measured with jax 0.10 on 2
-  cores), so convolutional models train on CPU with n_jitted_steps = 1.
+  class_labels (n_steps, B, ...) the conditions (needed by conditional models, ignored
+  otherwise); losses has shape (n_steps,); null_condition as in `get_loss_fn`. Jit it once per
+  n_steps. One step runs without a loop: inside a while loop XLA:CPU computes convolution weight
+  gradients 10-20x slower (measured with jax 0.10 on 2 cores), so convolutional models train on
+  CPU with n_jitted_steps = 1.
   """
-  loss_fn = get_loss_fn(config, sde, model, train=True)
+  loss_fn = get_loss_fn(config, sde, model, train=True, null_condition=null_condition)
   ema_rate = config_checks.unit_interval(config, 'model.ema_rate')
 
   def one_step(state: TrainState, batch):

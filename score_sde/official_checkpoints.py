@@ -26,7 +26,7 @@ import numpy as np
 import optax
 from flax import serialization, traverse_util
 
-from score_sde import checkpoints, config_checks, datasets, train, workdir
+from score_sde import checkpoints, config_checks, datasets, methods, train, workdir
 from score_sde.tensor_files import match_params, read_torch_file
 from score_sde import models as models_lib
 
@@ -334,7 +334,7 @@ def convert_to_workdir(config, path: str, workdir_path: str, fmt: Optional[str] 
   optimizer state), and the run's own rng key from config.seed. The data iterator starts afresh.
   Refuses (ValueError) a workdir that already holds this step or a later one, or another config.
   """
-  experiment = train.build_experiment(config)
+  experiment = methods.build_experiment(config)
   checkpoint = read_checkpoint(path, config, fmt)
   params_ema = _chosen_params(checkpoint, use)
   store = checkpoints.CheckpointStore(os.path.join(workdir_path, 'checkpoints'))

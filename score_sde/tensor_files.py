@@ -3,6 +3,8 @@ params trees.
 
   read_torch_file   a `torch.save` zip file (torch >= 1.6; .pth, .pt, .ckpt, .bin), by a pickle
                     reader that builds numpy arrays and runs no pickled code;
+  read_legacy_torch_file  a state dict in the legacy torch.save format (torch < 1.6, as
+                    torchvision's and lpips' VGG weights are), by the same kind of reader;
   read_safetensors  a .safetensors file (float64 / 32 / 16, bfloat16, integers, bool), each
                     tensor memory-mapped;
   match_params      a tree of arrays checked leaf by leaf against the params shapes of a model,
@@ -11,10 +13,11 @@ params trees.
 import collections
 import dataclasses
 import json
+import os
 import pickle
 import struct
 import zipfile
-from typing import Optional
+from typing import Callable, Optional
 
 import jax.numpy as jnp
 import numpy as np
@@ -136,6 +139,121 @@ _SAFETENSORS_DTYPES = {
     'I64': np.int64, 'I32': np.int32, 'I16': np.int16, 'I8': np.int8, 'U8': np.uint8,
     'BOOL': np.bool_,
 }
+
+
+# ---------------------------------------------------------------------------------------------
+# The legacy torch.save format (torch < 1.6, and `_use_new_zipfile_serialization=False`): five
+# pickles in a row: the magic number, the protocol version 1001, sys_info {'little_endian', ...},
+# the object (each storage a persistent id ('storage', torch.<T>Storage, key, location, numel,
+# view) with view None or (view key, offset, numel), each tensor a REDUCE of
+# torch._utils._rebuild_tensor(_v2)(storage, offset, size, stride, ...)), the sorted list of
+# storage keys; then, for each key in that order, the storage's numel (int64) and its bytes, in
+# the writer's byte order.
+
+_LEGACY_MAGIC = 0x1950a86a20f9469cfc6c
+_LEGACY_PROTOCOL = 1001
+
+
+@dataclasses.dataclass(frozen=True)
+class _LegacyStorage:
+  key: str
+  dtype: np.dtype
+  view: Optional[tuple]  # (offset, numel) in the storage `key`, or None for all of it
+
+
+@dataclasses.dataclass(frozen=True)
+class _LegacyTensor:
+  storage: _LegacyStorage
+  offset: int
+  size: tuple
+  stride: tuple
+
+
+def _legacy_tensor(storage, offset, size, stride, *unused):
+  return _LegacyTensor(storage, offset, tuple(size), tuple(stride))
+
+
+class _LegacyUnpickler(pickle.Unpickler):
+  """The object pickle of a legacy file, tensors left as _LegacyTensor records (their bytes
+  follow the pickle); any global but those a state dict of tensors needs is refused."""
+
+  _GLOBALS = {
+      ('collections', 'OrderedDict'): collections.OrderedDict,
+      ('torch._utils', '_rebuild_tensor'): _legacy_tensor,
+      ('torch._utils', '_rebuild_tensor_v2'): _legacy_tensor,
+      ('torch._utils', '_rebuild_parameter'): lambda data, *unused: data,
+  }
+
+  def __init__(self, file):
+    super().__init__(file, encoding='utf-8')
+    self.dtypes = {}  # storage key -> dtype
+
+  def find_class(self, module, name):
+    if module == 'torch' and name in _TORCH_STORAGE_DTYPES:
+      return np.dtype(_TORCH_STORAGE_DTYPES[name])
+    if (module, name) in self._GLOBALS:
+      return self._GLOBALS[(module, name)]
+    raise pickle.UnpicklingError(f'Refusing to load global {module}.{name}: only tensors and '
+                                 'containers are read from PyTorch files.')
+
+  def persistent_load(self, pid):
+    if not (isinstance(pid, tuple) and len(pid) == 6 and pid[0] == 'storage' and
+            isinstance(pid[1], np.dtype)):
+      raise pickle.UnpicklingError(f'Unsupported persistent id {pid!r}')
+    _, dtype, key, _, _, view = pid
+    self.dtypes[key] = dtype
+    return _LegacyStorage(key, dtype, None if view is None else (int(view[1]), int(view[2])))
+
+
+def read_legacy_torch_file(path: str, keep: Callable[[str], bool] = lambda name: True) -> dict:
+  """{name: array} of the tensors named by `keep` in a legacy torch.save file holding a flat
+  state dict; only the storages those tensors use are read. ValueError for other files."""
+  with open(path, 'rb') as f:
+    try:
+      magic = pickle.load(f)
+      if magic != _LEGACY_MAGIC:
+        raise ValueError('no torch magic number')
+      protocol, sys_info = pickle.load(f), pickle.load(f)
+      if protocol != _LEGACY_PROTOCOL:
+        raise ValueError(f'protocol version {protocol}')
+      unpickler = _LegacyUnpickler(f)
+      state = unpickler.load()
+      keys = pickle.load(f)
+      order = '<' if sys_info.get('little_endian', True) else '>'
+    except Exception as error:  # a malformed pickle raises many types
+      raise ValueError(f'{path} is neither a torch.save zip file nor a legacy torch.save file '
+                       f'({error}).') from error
+    if not isinstance(state, dict):
+      raise ValueError(f'{path} holds a {type(state).__name__}, not a state dict.')
+    tensors = {name: value for name, value in state.items()
+               if keep(name) and isinstance(value, _LegacyTensor)}
+    needed = {tensor.storage.key for tensor in tensors.values()}
+    storages = {}
+    for key in keys:
+      head = f.read(8)
+      if len(head) != 8 or key not in unpickler.dtypes:
+        raise ValueError(f'{path}: storage {key} is missing or truncated.')
+      dtype = unpickler.dtypes[key].newbyteorder(order)
+      nbytes = struct.unpack(order + 'q', head)[0] * dtype.itemsize
+      if key in needed:
+        data = f.read(nbytes)
+        if len(data) != nbytes:
+          raise ValueError(f'{path}: storage {key} is truncated.')
+        storages[key] = np.frombuffer(data, dtype)
+      else:
+        f.seek(nbytes, os.SEEK_CUR)
+  result = {}
+  for name, tensor in tensors.items():
+    storage = storages[tensor.storage.key]
+    if tensor.storage.view is not None:
+      offset, numel = tensor.storage.view
+      storage = storage[offset:offset + numel]
+    try:
+      result[name] = _rebuild_tensor(storage, tensor.offset, tensor.size,
+                                                  tensor.stride)
+    except pickle.UnpicklingError as error:
+      raise ValueError(f'{path}: tensor {name}: {error}') from None
+  return result
 
 
 def read_safetensors(path: str) -> dict:

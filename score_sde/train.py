@@ -5,7 +5,6 @@ restarted in the same workdir, and continues with exactly the batches and random
 uninterrupted run would have used: on CPU it ends bitwise equal to it, even when killed mid-save.
 Every config error is raised before anything is compiled.
 """
-import dataclasses
 import os
 import time
 
@@ -13,34 +12,8 @@ import jax
 import numpy as np
 import tqdm
 
-from score_sde import checkpoints, config_checks, datasets, losses, metrics_log, parallel, plots
-from score_sde import workdir
-from score_sde import models as models_lib
-from score_sde import sampling
-from score_sde import sde as sde_lib
-
-
-@dataclasses.dataclass(frozen=True)
-class Experiment:
-  """What a config builds: the SDE, the model and its initial training state."""
-
-  sde: sde_lib.SDE
-  model: object
-  data_shape: tuple
-  optimizer: object
-  initial_state: losses.TrainState
-
-
-def build_experiment(config) -> Experiment:
-  """Validates the config's SDE, data, model and optimizer and initialises the state from
-  config.seed (parameters, EMA copy, optimizer state, base RNG key)."""
-  sde = sde_lib.get_sde(config)
-  data_shape = datasets.data_shape(config)
-  optimizer = losses.get_optimizer(config)
-  init_key, state_key = jax.random.split(jax.random.PRNGKey(config_checks.get(config, 'seed')))
-  model, variables = models_lib.init_model(init_key, config, data_shape)
-  return Experiment(sde, model, data_shape, optimizer,
-                    losses.init_train_state(state_key, variables['params'], optimizer))
+from score_sde import checkpoints, config_checks, datasets, methods, metrics_log
+from score_sde import parallel, plots, workdir
 
 
 def _crossed(before: int, after: int, every: int) -> bool:
@@ -92,40 +65,27 @@ def data_state(train_data, eval_data) -> dict:
   return {'train': train_data.get_state(), 'eval': eval_data.get_state()}
 
 
-def batch_labels(batch: dict, labelled: bool):
-  """The batch's 'label' as int32 (B,) if `labelled` (for a class-conditional model), else None."""
-  return np.asarray(batch['label'], np.int32) if labelled else None
+def _stack_batches(data, n: int, batch_arrays) -> dict:
+  """The arrays of n consecutive batches of an iterator (method.batch_arrays of each), stacked on
+  a new leading axis: {name: (n, B, ...)}."""
+  arrays = [batch_arrays(next(data)) for _ in range(n)]
+  return {name: np.stack([a[name] for a in arrays]) for name in arrays[0]}
 
 
-def _stack_batches(data, n: int, labelled: bool) -> tuple:
-  """(x, labels) of n consecutive batches of an iterator, stacked: x (n, B, ...) and labels int32
-  (n, B) if `labelled` (else None)."""
-  batches = [next(data) for _ in range(n)]
-  labels = np.stack([batch_labels(b, True) for b in batches]) if labelled else None
-  return np.stack([b['x'] for b in batches]), labels
+def _mean_metrics(metrics: dict) -> dict:
+  """{'train/<name>': mean over the steps of a call} of the steps' metrics."""
+  return {f'train/{name}': float(np.asarray(values).mean()) for name, values in metrics.items()}
 
 
-def needs_labels(config, split: str) -> bool:
-  """Whether the model is class-conditional, so that its loss takes the batches' 'label';
-  ValueError if it is and the split's batches have none."""
-  num_classes = models_lib.num_data_classes(config)
-  if num_classes is None:
-    return False
-  if not datasets.has_labels(config, split):
-    raise ValueError(f'Config field model.num_classes = {num_classes} makes the model '
-                     f'class-conditional, but data.dataset = {config.data.dataset!r} yields no '
-                     f"'label' ({split} split); use a labelled dataset or leave model.num_classes "
-                     'unset.')
-  return True
-
-
-def train(config, workdir_path: str) -> losses.TrainState:
-  """Trains the model of `config` in `workdir_path` on every device of every process; returns
-  the final TrainState (replicated global arrays).
+def train(config, workdir_path: str):
+  """Trains the run of `config` (its training.method, see methods.py) in `workdir_path` on every
+  device of every process; returns the final state (replicated global arrays).
 
   Each process reads training.batch_size / process_count() rows of every batch; the batch (and
-  the class labels of a class-conditional model) is split over all devices and the state
-  replicated. Checkpoints: see score_sde.checkpoints.
+  its labels) is split over all devices and the state replicated. Checkpoints: see
+  score_sde.checkpoints. Fields derived from the data (a latent run's unset scale factor, a
+  caption model's vocabulary) are computed on the first start and recorded in
+  workdir/config.json (methods.resolve_config).
   """
   # Validate and build everything before compiling anything.
   n_iters = config_checks.positive_int(config, 'training.n_iters')
@@ -135,34 +95,25 @@ def train(config, workdir_path: str) -> losses.TrainState:
   eval_freq = config_checks.positive_int(config, 'training.eval_freq')
   snapshot_freq = config_checks.positive_int(config, 'training.snapshot_freq')
   preemption_freq = config_checks.positive_int(config, 'training.snapshot_freq_for_preemption')
-  snapshot_sampling = bool(config_checks.get(config, 'training.snapshot_sampling'))
   parallel.per_process_batch(batch_size, 'training.batch_size')
-  labelled = needs_labels(config, 'train') and needs_labels(config, 'test')
-  experiment = build_experiment(config)
-  sde, model = experiment.sde, experiment.model
+  config = methods.resolve_config(config, workdir_path)
   mesh = parallel.data_mesh()
+  method = methods.get_method(config, sample_sharding=parallel.batch_sharded(mesh))
   replicated = parallel.replicated(mesh)
-  steps_sharded = parallel.batch_sharded(mesh, batch_axis=1)
-  train_steps = jax.jit(losses.get_train_step(config, sde, model, experiment.optimizer),
-                        in_shardings=(replicated, steps_sharded, steps_sharded),
+  train_steps = jax.jit(method.train_steps, in_shardings=(replicated,
+                                                          parallel.batch_sharded(mesh, 1)),
                         out_shardings=(replicated, replicated), donate_argnums=0)
-  example_losses = losses.get_eval_step(config, sde, model)
-  eval_step = jax.jit(lambda state, key, x0, labels: example_losses(state, key, x0, labels).mean(),
-                      in_shardings=(replicated, replicated, parallel.batch_sharded(mesh),
-                                    parallel.batch_sharded(mesh)),
+  eval_step = jax.jit(lambda state, key, arrays: method.eval_losses(state, key, arrays).mean(),
+                      in_shardings=(replicated, replicated, parallel.batch_sharded(mesh)),
                       out_shardings=replicated)
-  if snapshot_sampling:
-    draw = sampling.get_model_sampler(config, sde, model, (batch_size, *experiment.data_shape),
-                                      sharding=parallel.batch_sharded(mesh))
+  snapshot = None if method.snapshot is None else jax.jit(method.snapshot)
   train_data, eval_data = data_iterators(config)
-  scaler = datasets.get_data_scaler(config)
-  inverse_scaler = datasets.get_data_inverse_scaler(config)
 
   stores = checkpoints.TrainingCheckpoints(workdir_path)
   primary = parallel.is_primary()
   if primary:
     workdir.check_or_record_config(config, workdir_path, has_checkpoints=stores.any_saved())
-  state = parallel.replicate(mesh, experiment.initial_state)
+  state = parallel.replicate(mesh, method.initial_state)
   restored = stores.restore_latest(state)
   if restored is not None:
     state, saved_data_state = restored
@@ -179,11 +130,10 @@ def train(config, workdir_path: str) -> losses.TrainState:
   last_log_time, last_log_step = time.perf_counter(), step
   while step < n_iters:
     n = _chunk_length(step, n_jitted, n_iters, (snapshot_freq, preemption_freq))
-    x0s, labels = _stack_batches(train_data, n, labelled)
-    batches = parallel.global_batch(mesh, scaler(x0s), batch_axis=1)
-    state, step_losses = train_steps(state, batches,
-                                     parallel.global_batch(mesh, labels, batch_axis=1))
-    unchecked_losses.append(step_losses)
+    batches = parallel.global_batch(mesh, _stack_batches(train_data, n, method.batch_arrays),
+                                    batch_axis=1)
+    state, metrics = train_steps(state, batches)
+    unchecked_losses.append(metrics['loss'])
     before, step = step, step + n
     progress.update(n)
     keep = _crossed(before, step, snapshot_freq) or step == n_iters
@@ -195,27 +145,26 @@ def train(config, workdir_path: str) -> losses.TrainState:
       now = time.perf_counter()
       rate = (step - last_log_step) / (now - last_log_time)
       last_log_time, last_log_step = now, step
+      means = _mean_metrics(metrics)
       if primary:
-        log.write(step, **{'train/loss': np.asarray(step_losses).mean(),
-                           'train/steps_per_sec': rate})
-      progress.set_postfix(loss=f'{np.asarray(step_losses).mean():.4g}')
+        log.write(step, **means, **{'train/steps_per_sec': rate})
+      progress.set_postfix(loss=f"{means['train/loss']:.4g}")
     if _crossed(before, step, eval_freq):
-      eval_data_batch = next(eval_data)
-      eval_batch = parallel.global_batch(mesh, scaler(eval_data_batch['x']))
-      eval_labels = parallel.global_batch(mesh, batch_labels(eval_data_batch, labelled))
-      eval_loss = eval_step(state, jax.random.fold_in(eval_key, step), eval_batch, eval_labels)
+      arrays = parallel.global_batch(mesh, method.batch_arrays(next(eval_data)))
+      eval_loss = eval_step(state, jax.random.fold_in(eval_key, step), arrays)
       if primary:
         log.write(step, **{'eval/loss': eval_loss})
     if keep or preempt:
       stores.save(step, state, data_state(train_data, eval_data), kept=keep, preemption=preempt)
-    if keep and snapshot_sampling:
-      samples, _ = draw({'params': state.params_ema}, jax.random.PRNGKey(config.seed + 2))
-      samples = parallel.to_host(inverse_scaler(samples))
+    if keep and snapshot is not None and bool(config_checks.get(config,
+                                                                'training.snapshot_sampling')):
+      test_batch = next(datasets.get_dataset(config, 'test', batch_size))
+      pictured = snapshot(state, jax.random.PRNGKey(config.seed + 2),
+                          method.batch_arrays(test_batch))
+      pictured = parallel.to_host(pictured)
       if primary:
-        reference = (next(datasets.get_dataset(config, 'test', batch_size))['x']
-                     if samples.ndim == 2 else None)
-        save_snapshot_samples(os.path.join(workdir_path, 'samples', f'step_{step}'), samples,
-                              reference)
+        save_snapshot_samples(os.path.join(workdir_path, 'samples', f'step_{step}'), pictured,
+                              test_batch['x'] if pictured.ndim == 2 else None)
   progress.close()
   stores.close()
   if primary:

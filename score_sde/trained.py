@@ -5,6 +5,9 @@
                      continuous=run.continuous)
     samples = run.to_data(model_space_samples)
 
+A latent run's data_shape is its latents', and to_data decodes them; a caption model's
+conditions come from `run.conditions.encode(captions)`.
+
 The config is the run's own workdir/config.json (the one it was trained with); the parameters are
 the EMA weights of its newest checkpoint, kept or preemption, as the samplers of --mode eval use.
 Nothing in the workdir is written or moved.
@@ -17,18 +20,20 @@ from typing import Callable, Optional
 import jax.numpy as jnp
 import ml_collections
 
-from score_sde import checkpoints, datasets
+from score_sde import checkpoints, datasets, latent_runs, methods
+from score_sde import conditions as conditions_lib
 from score_sde import models as models_lib
 from score_sde import sde as sde_lib
-from score_sde import train as train_lib
 from score_sde.sampling import guidance
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainedRun:
   """config: the run's config; sde; model and variables ({'params': EMA weights}); step: the
-  checkpoint's training step; data_shape: one example's shape; continuous: the training's time
-  convention (pass it to the samplers)."""
+  checkpoint's training step; data_shape: one example's shape (a latent run's latent); continuous:
+  the training's time convention (pass it to the samplers); space: a latent run's
+  latent_runs.LatentSpace (else None); conditions: a conditional model's conditions.Conditions
+  (else None)."""
 
   config: ml_collections.ConfigDict
   sde: sde_lib.SDE
@@ -37,6 +42,8 @@ class TrainedRun:
   step: int
   data_shape: tuple
   continuous: bool
+  space: Optional[latent_runs.LatentSpace] = None
+  conditions: Optional[conditions_lib.Conditions] = None
 
   @property
   def num_classes(self) -> Optional[int]:
@@ -48,25 +55,29 @@ class TrainedRun:
                                    continuous=self.continuous)
 
   def score_fn(self, class_labels=None) -> Callable:
-    """score_fn(x, t) of the EMA model; class_labels int (B,) condition a class-conditional
-    model (None: its unconditional score)."""
+    """score_fn(x, t) of the EMA model; class_labels (B, ...) condition a conditional model
+    (class labels, or `conditions.encode(captions)`; None: its unconditional score)."""
     score = self._model_score()
     if class_labels is None:
       return lambda x, t: score(x, t)
-    labels = jnp.asarray(class_labels, jnp.int32)
+    labels = jnp.asarray(class_labels)
     return lambda x, t: score(x, t, class_labels=labels)
 
   def guided_score(self, class_labels) -> Callable:
-    """guidance_scale -> score_fn(x, t) with classifier-free guidance towards class_labels int
-    (B,), the `score` factory that sweep.run takes for points with a 'guidance_scale'."""
-    if self.num_classes is None:
-      raise ValueError('Guidance needs a class-conditional run (config field model.num_classes '
-                       'set); this one is unconditional.')
-    score, labels = self._model_score(), jnp.asarray(class_labels, jnp.int32)
-    return lambda scale: guidance.guided_score_fn(score, labels, scale, self.num_classes)
+    """guidance_scale -> score_fn(x, t) with classifier-free guidance towards the conditions
+    class_labels (B, ...), the `score` factory that sweep.run takes for points with a
+    'guidance_scale'."""
+    if self.conditions is None:
+      raise ValueError('Guidance needs a conditional run (config field model.num_classes or '
+                       'model.conditioning set); this one is unconditional.')
+    score, labels = self._model_score(), jnp.asarray(class_labels)
+    return lambda scale: guidance.guided_score_fn(score, labels, scale, self.conditions.null)
 
   def to_data(self, samples):
-    """Model-space samples -> data space (images back to [0, 1]; toy points unchanged)."""
+    """Model-space samples -> data space (images in [0, 1]: a latent run decodes its latents;
+    toy points unchanged)."""
+    if self.space is not None:
+      return self.space.decode(samples)
     return datasets.get_data_inverse_scaler(self.config)(samples)
 
 
@@ -83,18 +94,14 @@ def load(workdir: str, config: Optional[ml_collections.ConfigDict] = None) -> Tr
   """The newest checkpoint of the run in `workdir` (its EMA parameters), with the run's config
   (or `config`, e.g. with other sampling fields). FileNotFoundError if it has no checkpoint."""
   config = read_config(workdir) if config is None else config
-  experiment = train_lib.build_experiment(config)
-  stores = [checkpoints.CheckpointStore(os.path.join(workdir, directory))
-            for directory in (checkpoints.KEPT_DIRECTORY, checkpoints.PREEMPTION_DIRECTORY)
-            if os.path.isdir(os.path.join(workdir, directory))]
-  candidates = [(store.latest_step(), store) for store in stores if store.steps()]
-  if not candidates:
+  space = latent_runs.load_latent_space(config) if latent_runs.is_latent_run(config) else None
+  experiment = methods.build_experiment(config, None if space is None else space.latent_shape)
+  restored = checkpoints.restore_newest(workdir, experiment.initial_state)
+  if restored is None:
     raise FileNotFoundError(f'No checkpoint in {workdir}; train first with --mode train.')
-  step, store = max(candidates, key=lambda candidate: candidate[0])
-  state, _ = store.restore(step, experiment.initial_state)
-  for each in stores:
-    each.close()
+  state, step = restored
   return TrainedRun(config=config, sde=experiment.sde, model=experiment.model,
-                    variables={'params': state.params_ema}, step=int(step),
+                    variables={'params': state.params_ema}, step=step,
                     data_shape=tuple(experiment.data_shape),
-                    continuous=bool(config.training.continuous))
+                    continuous=bool(config.training.continuous), space=space,
+                    conditions=conditions_lib.get_conditions(config))

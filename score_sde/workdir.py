@@ -72,6 +72,16 @@ def check_or_record_config(config: ml_collections.ConfigDict, workdir: str,
     f.write(config.to_json_best_effort(indent=2))
 
 
+def recorded_field(workdir: str, field: str):
+  """The value of the dotted `field` in workdir/config.json, or None when the workdir has no
+  config or the config has no such field."""
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return _flatten(json.load(f)).get(field)
+
+
 def fresh_directory(path: str) -> str:
   """Creates and returns `path`, or `path_2`, `path_3`, ... if it exists: outputs never overwrite
   earlier ones."""

@@ -4,6 +4,7 @@
   python scripts/benchmark.py train [--repeats 3] [--batch 16] [--size 16] [--steps 5]
   python scripts/benchmark.py samplers [--repeats 3] [--batch 10000]
   python scripts/benchmark.py stable_diffusion [--repeats 3] [--steps 50] [--batches 1,8]
+  python scripts/benchmark.py latent [--repeats 3] [--steps 20] [--batch 64]
 
 likelihood: bits/dim of a batch of images (size x size x 3) under a small untrained network,
 through the probability-flow ODE with a Hutchinson (Rademacher) divergence, rtol = atol = 1e-5:
@@ -42,6 +43,13 @@ guidance in float32. On a GPU also 512 x 512 text-to-image in bfloat16: diffuser
 steps, guidance 7.5, for each batch size of --batches: denoising iterations per second (steps /
 the seconds of the whole denoising loop, one jitted program), images per second with text
 encoding and VAE decoding, and the device's peak memory.
+
+latent: training steps/s of the compositional-digits demo's text-conditional U-Net
+(configs/latent/pairs_text.py) on the 4 x 4 x 4 latents of 16 x 16 digit pairs, each batch
+encoded inside the step by the demo's autoencoder (configs/latent/pairs_autoencoder.py, random
+weights: the speed does not depend on them), beside the same U-Net on the 16 x 16 x 1 pixels
+(the same blocks, the same parameter count but for the in and out convolutions); jitted single
+steps of `batch` images, the median over `repeats` runs of `steps` steps, compile excluded.
 """
 import argparse
 import importlib
@@ -414,22 +422,88 @@ def benchmark_stable_diffusion(repeats: int, steps: int, batches) -> dict:
   return result
 
 
+def _steps_per_second(method, batch: int, steps: int, repeats: int) -> float:
+  """Steps/s of a methods.Method's jitted single step on one batch of digit pairs."""
+  from score_sde import datasets
+  config = _pairs_text_config()
+  arrays = method.batch_arrays(next(datasets.get_dataset(config, 'train', batch)))
+  stacked = jax.tree.map(lambda a: jnp.asarray(a)[None], arrays)
+  step = jax.jit(method.train_steps, donate_argnums=0)
+  state = jax.tree.map(jnp.copy, method.initial_state)
+  state, metrics = step(state, stacked)  # compile
+  jax.block_until_ready(metrics)
+  holder = {'state': state}
+
+  def run():
+    for _ in range(steps):
+      holder['state'], out = step(holder['state'], stacked)
+    jax.block_until_ready(out)
+
+  seconds, _ = _median_seconds(run, repeats)
+  return steps / seconds
+
+
+def _pairs_text_config():
+  from configs.latent import pairs_text
+  config = pairs_text.get_config()
+  config.latent.scale_factor = 1.0
+  return config
+
+
+def benchmark_latent(repeats: int, steps: int, batch: int) -> dict:
+  from configs.latent import pairs_autoencoder
+  from score_sde import autoencoder_training, conditions, latent_runs, methods
+  ae_config = pairs_autoencoder.get_config()
+  parts = autoencoder_training.from_config(ae_config)
+  image_shape = (16, 16, 1)
+  ae_params = parts.autoencoder.init(jax.random.PRNGKey(0),
+                                     jnp.zeros((1, *image_shape)))['params']
+  space = latent_runs.LatentSpace(parts.autoencoder, ae_params, image_shape, (4, 4, 4), 1.0,
+                                  True, 'random weights')
+  config = _pairs_text_config()
+  conds = conditions.get_conditions(config)
+  latent_experiment = methods.build_experiment(config, space.latent_shape)
+  latent_method = methods.Method(**latent_runs.latent_method(
+      space, methods.score_method_of(config, latent_experiment, batch, conds),
+      methods.score_batch_arrays(config, conds)))
+  pixel_config = config.copy_and_resolve_references()
+  pixel_config.latent.autoencoder = None
+  pixel_config.model.attn_resolutions = (16, 8)  # the same blocks attend, at pixel resolution
+  pixel_experiment = methods.build_experiment(pixel_config)
+  pixel_method = methods.Method(
+      batch_arrays=methods.score_batch_arrays(pixel_config, conds),
+      **methods.score_method_of(pixel_config, pixel_experiment, batch, conds))
+  count = lambda tree: int(sum(np.size(leaf) for leaf in jax.tree.leaves(tree)))  # noqa: E731
+  latent_rate = _steps_per_second(latent_method, batch, steps, repeats)
+  pixel_rate = _steps_per_second(pixel_method, batch, steps, repeats)
+  return {'batch': batch,
+          'latent': {'shape': list(space.latent_shape), 'steps_per_sec': latent_rate,
+                     'parameters': count(latent_experiment.initial_state.params),
+                     'autoencoder_parameters': count(ae_params)},
+          'pixel': {'shape': list(image_shape), 'steps_per_sec': pixel_rate,
+                    'parameters': count(pixel_experiment.initial_state.params)},
+          'latent_over_pixel': latent_rate / pixel_rate}
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('benchmark', choices=['likelihood', 'train', 'samplers',
-                                            'stable_diffusion'])
+                                            'stable_diffusion', 'latent'])
   parser.add_argument('--repeats', type=int, default=3)
   parser.add_argument('--batch', type=int, default=None,
-                      help='likelihood / train: 16; samplers: 100000')
+                      help='likelihood / train: 16; samplers: 100000; latent: 64')
   parser.add_argument('--size', type=int, default=16)
   parser.add_argument('--steps', type=int, default=None,
-                      help='train: steps per timed run (5); stable_diffusion: denoising steps (50)')
+                      help='train: steps per timed run (5); stable_diffusion: denoising steps '
+                      '(50); latent: steps per timed run (20)')
   parser.add_argument('--batches', default='1,8', help='stable_diffusion on a GPU: batch sizes')
   args = parser.parse_args()
   if args.benchmark == 'stable_diffusion':
     result = benchmark_stable_diffusion(args.repeats, args.steps or 50,
                                         [int(b) for b in args.batches.split(',')])
+  elif args.benchmark == 'latent':
+    result = benchmark_latent(args.repeats, args.steps or 20, args.batch or 64)
   elif args.benchmark == 'samplers':
     result = benchmark_samplers(args.repeats, args.batch or 100_000)
   elif args.benchmark == 'likelihood':

@@ -15,14 +15,14 @@ def labels_by_image(split: str) -> dict:
 
 
 def test_single_digits_are_captioned_by_their_label():
-  images, texts, labels = captions.single_digits('test')
+  images, texts, labels = image_datasets.captioned_digits('test')
   assert images.shape == (179, 8, 8, 1) and len(texts) == 179
   assert all(t == f'a handwritten {captions.DIGIT_WORDS[d]}' for t, d in zip(texts, labels))
 
 
 @pytest.mark.parametrize('split', ['train', 'test'])
 def test_pairs_are_two_digits_of_the_split_in_the_order_their_caption_names(split):
-  images, texts, labels = captions.digit_pairs(split, 1000, seed=3)
+  images, texts, labels = image_datasets.digit_pairs(split, 1000, seed=3)
   assert images.shape == (1000, 8, 16, 1) and images.dtype == np.uint8
   table = labels_by_image(split)
   for image, (left, right) in zip(images, labels):
@@ -39,13 +39,13 @@ def test_pairs_are_two_digits_of_the_split_in_the_order_their_caption_names(spli
 
 
 def test_pairs_are_reproducible_per_seed_and_refuse_no_count():
-  a = captions.digit_pairs('train', 20, seed=1)
-  b = captions.digit_pairs('train', 20, seed=1)
-  c = captions.digit_pairs('train', 20, seed=2)
+  a = image_datasets.digit_pairs('train', 20, seed=1)
+  b = image_datasets.digit_pairs('train', 20, seed=1)
+  c = image_datasets.digit_pairs('train', 20, seed=2)
   np.testing.assert_array_equal(a[0], b[0])
   assert a[1] == b[1] and a[1] != c[1]
   with pytest.raises(ValueError, match='count = 0 must be a positive'):
-    captions.digit_pairs('train', 0)
+    image_datasets.digit_pairs('train', 0)
 
 
 def test_word_tokenizer_pads_marks_unknown_words_and_refuses_long_captions():

@@ -18,7 +18,7 @@ import pytest
 from flax import serialization, traverse_util
 
 from configs.toy import vp as toy_vp
-from score_sde import checkpoints, models, train
+from score_sde import checkpoints, methods, models, train
 from score_sde import official_checkpoints as oc
 from score_sde import tensor_files
 
@@ -348,7 +348,7 @@ def test_convert_script_writes_a_raw_ema_checkpoint(tmp_path):
   subprocess.run([sys.executable, os.path.join(REPO, 'scripts', 'convert_checkpoint.py'),
                   '--config', os.path.join(REPO, 'configs', 'toy', 'vp.py'), '--checkpoint', path,
                   '--workdir', workdir, '--use', 'raw'], check=True, cwd=REPO, capture_output=True)
-  experiment = train.build_experiment(config)
+  experiment = methods.build_experiment(config)
   store = checkpoints.CheckpointStore(os.path.join(workdir, 'checkpoints'))
   state, data_state = store.restore(4, experiment.initial_state)
   store.close()

@@ -166,7 +166,7 @@ def test_bad_label_dropout_is_refused(value):
 def test_label_dropout_without_class_conditioning_is_refused():
   config = tiny_config()
   config.training.label_dropout = 0.1
-  with pytest.raises(ValueError, match='training.label_dropout = 0.1 needs a class-conditional'):
+  with pytest.raises(ValueError, match='training.label_dropout = 0.1 needs a conditional model'):
     losses.get_loss_fn(config, sde_lib.get_sde(config), None, train=True)
 
 

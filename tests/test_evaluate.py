@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from score_sde import checkpoints, datasets, evaluate, evaluation, inception, likelihood, losses
-from score_sde import digits_features, image_datasets, train
+from score_sde import digits_features, image_datasets, methods, train
 
 from .helpers import tiny_config
 from .inception_weights import random_state_dict
@@ -35,7 +35,7 @@ def toy_run(tmp_path_factory):
 
 def restore(config, workdir, step):
   store = checkpoints.CheckpointStore(os.path.join(workdir, 'checkpoints'))
-  state, _ = store.restore(step, train.build_experiment(config).initial_state)
+  state, _ = store.restore(step, methods.build_experiment(config).initial_state)
   store.close()
   return state
 
@@ -57,14 +57,14 @@ def test_padded_batches_are_masked_out(toy_run):
   config, workdir, reports = toy_run
   state = restore(config, workdir, 20)
   batches = list(datasets.get_dataset(config, 'test', 32, evaluation=True, max_examples=50))
-  example_losses = jax.jit(losses.get_eval_step(config, train.build_experiment(config).sde,
-                                                train.build_experiment(config).model))
+  example_losses = jax.jit(losses.get_eval_step(config, methods.build_experiment(config).sde,
+                                                methods.build_experiment(config).model))
   key = jax.random.PRNGKey(config.seed + 4)
   values = np.concatenate([np.asarray(example_losses(state, jax.random.fold_in(key, k), b['x']))
                            [b['mask']] for k, b in enumerate(batches)])
   assert len(values) == 50
   np.testing.assert_allclose(reports[1]['test_loss'], values.mean(), rtol=1e-6)
-  experiment = train.build_experiment(config)
+  experiment = methods.build_experiment(config)
   bpd_fn = likelihood.get_model_bpd_fn(config, experiment.sde, experiment.model)
   key = jax.random.fold_in(jax.random.PRNGKey(config.seed + 5), 0)
   direct = [np.asarray(bpd_fn({'params': state.params_ema}, jax.random.fold_in(key, k),

@@ -161,7 +161,7 @@ def test_conditional_sampling_draws_the_class(method):
 
 def test_guidance_refuses_mismatched_labels():
   score_fn = guidance.guided_score_fn(GMM.class_score_fn(oracle.SDES['vp']), jnp.arange(4), 1.0, 3)
-  with pytest.raises(ValueError, match='4 class labels for a batch of 1'):
+  with pytest.raises(ValueError, match='4 conditions for a batch of 1'):
     score_fn(jnp.zeros((1, 2)), jnp.ones(1))
 
 
@@ -234,6 +234,6 @@ def test_model_sampler_guidance_scales(method):
     np.testing.assert_allclose(samples, expected, rtol=2e-2, atol=1e-2)
     drawn.append(samples)
   assert np.max(np.abs(drawn[0] - drawn[1]) / (np.abs(drawn[1]) + 1)) > 0.2
-  with pytest.raises(ValueError, match='sampling.guidance_scale = 1.0 needs a class-conditional'):
+  with pytest.raises(ValueError, match='sampling.guidance_scale = 1.0 needs a conditional model'):
     config.model.num_classes = None
     sampling.get_model_sampler(config, sde, model, (4, 2))

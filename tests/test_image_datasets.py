@@ -9,7 +9,7 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from score_sde import datasets, image_datasets
+from score_sde import captions, datasets, image_datasets
 from configs import default_cifar10_configs
 
 NUM_MOCK = 10
@@ -174,3 +174,43 @@ def test_digits_are_sklearn_digits_on_the_8_bit_grid():
   assert datasets.num_examples(config, 'train') == 1797 - held_out.sum()
   with pytest.raises(ValueError, match=r'data.num_channels = 3 does not match'):
     datasets.data_shape(image_config('digits', image_size=8, num_channels=3))
+
+
+def test_folder_and_npz_captions_reach_the_batches(tmp_path):
+  rng = np.random.default_rng(1)
+  images = rng.integers(0, 256, (10, 4, 4, 3), dtype=np.uint8)
+  texts = [f'caption number {i}' for i in range(10)]
+  for i, image in enumerate(images):
+    Image.fromarray(image).save(tmp_path / f'img_{i}.png')
+    (tmp_path / f'img_{i}.txt').write_text(f'  {texts[i]}\n')
+  np.savez(tmp_path / 'split.npz', train=images[:7], test=images[7:],
+           train_caption=np.array(texts[:7]), test_caption=np.array(texts[7:]))
+  folder = image_config('folder', path=str(tmp_path), image_size=4)
+  test = next(datasets.get_dataset(folder, 'test', 1, evaluation=True))
+  assert list(test['caption']) == [texts[9]]
+  assert datasets.example_fields(folder, 'train') == ('caption',)
+  npz = image_config('npz', path=str(tmp_path / 'split.npz'), image_size=4)
+  train = next(datasets.get_dataset(npz, 'train', 7))
+  assert sorted(train['caption']) == sorted(texts[:7])  # shuffled with their images
+  for x, caption in zip(train['x'], train['caption']):
+    np.testing.assert_array_equal(np.round(x * 255), images[texts.index(caption)])
+  (tmp_path / 'img_3.txt').unlink()  # not every image is captioned: no captions at all
+  assert datasets.example_fields(folder, 'train') == ()
+
+
+def test_digit_pairs_are_captioned_canvases_of_two_digits():
+  config = image_config('digit_pairs', image_size=16, num_channels=1)
+  batch = next(datasets.get_dataset(config, 'test', 8, evaluation=True))
+  pairs, texts, labels = image_datasets.digit_pairs('test', image_datasets.DIGIT_PAIRS['test'])
+  assert batch['x'].shape == (8, 16, 16, 1) and list(batch['caption']) == texts[:8]
+  np.testing.assert_array_equal(batch['label'], labels[:8])
+  np.testing.assert_array_equal(np.round(batch['x'][:, 4:12] * 255), pairs[:8])
+  assert not batch['x'][:, :4].any() and not batch['x'][:, 12:].any()
+  assert datasets.num_examples(config, 'train') == 20_000
+  single = image_config('digit_captions', image_size=8, num_channels=1)
+  first = next(datasets.get_dataset(single, 'test', 2, evaluation=True))
+  assert list(first['caption']) == [f'a handwritten {captions.DIGIT_WORDS[d]}'
+                                    for d in first['label']]
+  with pytest.raises(ValueError, match='random_flip = True would swap'):
+    datasets.get_dataset(image_config('digit_pairs', image_size=16, num_channels=1,
+                                      random_flip=True), 'train', 8)

@@ -8,7 +8,8 @@ import nbformat
 
 NOTEBOOKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                          'notebooks')
-NAMES = ('quickstart', 'sampler_sweep', 'likelihood', 'controllable_generation')
+NAMES = ('quickstart', 'sampler_sweep', 'likelihood', 'controllable_generation',
+         'latent_diffusion')
 
 
 def read(name: str):
@@ -80,3 +81,10 @@ def test_controllable_generation(tmp_path):
   assert int(recovered.group(1)) >= 8
   hits = [float(h) for h in re.findall(r'requested class (\d+)%', text)]
   assert hits[0] < 30 and hits[1] > 90 and hits[2] >= hits[1], text
+
+
+def test_latent_diffusion(tmp_path):
+  text = executed_text('latent_diffusion', tmp_path)
+  hits = [float(h) for h in re.findall(r'samples showing their caption (\d+)%', text)]
+  assert len(hits) == 3, text
+  assert hits[0] < 25 and hits[2] > 30 and hits[2] > hits[0] + 10, text  # chance: 10%

@@ -93,10 +93,10 @@ def test_four_devices_refuse_an_odd_batch(tmp_path):
 
 SHARDED_EVALUATION = '''
 import re, jax, numpy as np
-from score_sde import likelihood, parallel, sampling, train
+from score_sde import likelihood, methods, parallel, sampling, train
 from tests.helpers import tiny_config
 config = tiny_config()
-experiment = train.build_experiment(config)
+experiment = methods.build_experiment(config)
 mesh = parallel.data_mesh()
 params = experiment.initial_state.params_ema
 variables = {'params': parallel.replicate(mesh, params)}

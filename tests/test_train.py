@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from score_sde import checkpoints, metrics_log, train
+from score_sde import checkpoints, methods, metrics_log, train
 
 from .helpers import tiny_config
 
@@ -172,7 +172,7 @@ def test_learning_and_ema_rates_come_from_the_config_on_resume(straight_run, tmp
   workdir = str(tmp_path / 'run')
   shutil.copytree(straight_workdir, workdir)
   store = checkpoints.CheckpointStore(os.path.join(workdir, 'checkpoints'))
-  saved, _ = store.restore(20, train.build_experiment(config).initial_state)
+  saved, _ = store.restore(20, methods.build_experiment(config).initial_state)
   store.close()
   config = tiny_config()
   config.training.n_iters = 25
@@ -189,6 +189,6 @@ def test_checkpoint_steps_are_exact_with_several_steps_per_call(tmp_path):
   train.train(config, str(tmp_path))
   assert checkpoint_steps(str(tmp_path)) == [10, 20, 24]
   store = checkpoints.CheckpointStore(os.path.join(str(tmp_path), 'checkpoints'))
-  like = train.build_experiment(config).initial_state
+  like = methods.build_experiment(config).initial_state
   assert [int(store.restore(s, like)[0].step) for s in (10, 20, 24)] == [10, 20, 24]
   store.close()

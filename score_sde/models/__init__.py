@@ -14,7 +14,9 @@ checkpoints sample correctly here (`get_score_fn`):
 
 Class-conditional models (NCSN++, DDPM and MLP with model.num_classes, see models.conditioning)
 also take `class_labels` int (B,), the null label num_classes (or None) for an unconditional
-prediction; model and score functions pass them through.
+prediction; model and score functions pass them through. The cross-attention U-Net (ldm_unet)
+takes its condition the same way: class labels, caption word ids (B, L) or text features
+(B, L, D) (models/ldm_unet.py).
 
 A model with model.preconditioning = 'edm' is instead the network F of an EDM denoiser (Karras
 et al. 2022): its noise input is c_noise(sigma) (sigma itself for embedding_type 'fourier') with
@@ -48,23 +50,37 @@ def num_data_classes(config) -> Optional[int]:
   """The number of data classes n of the config's model if it is class-conditional (class labels
   0 .. n - 1, n the null label), else None: model.num_classes unset, or a model that takes no
   class labels (NCSN, NCSNv2, whose model.num_classes counts noise levels)."""
-  name = config_checks.choice(config, 'model.name', _MODELS.names())
-  if not getattr(_MODELS.get(name), 'takes_class_labels', False):
+  model = _MODELS.get(config_checks.choice(config, 'model.name', _MODELS.names()))
+  if not getattr(model, 'takes_class_labels', False):
+    return None
+  if hasattr(model, 'class_conditional') and not model.class_conditional(config):
     return None
   return conditioning.num_classes(config)
 
 
+def example_condition(config) -> Optional[jax.Array]:
+  """The null condition of a conditional model for a batch of 1 (what its `class_labels` take:
+  the null label (1,) of a class-conditional model, or the model's own kind of condition, e.g.
+  the word ids (1, L) of an empty caption), else None."""
+  model = _MODELS.get(config_checks.choice(config, 'model.name', _MODELS.names()))
+  if hasattr(model, 'example_condition'):
+    return model.example_condition(config)
+  classes = num_data_classes(config)
+  return None if classes is None else jnp.full((1,), classes, jnp.int32)
+
+
 def init_model(key: jax.Array, config, data_shape: tuple) -> tuple:
   """Builds the model and initialises its variables on a batch of zeros of shape (1, *data_shape)
-  (and class label 0 for a class-conditional model).
+  (and the null condition of a conditional model, `example_condition`).
 
   Returns (model, variables) with variables = {'params': ...}.
   """
   model = get_model(config)
   params_key, dropout_key = jax.random.split(key)
   kwargs = {}
-  if num_data_classes(config) is not None:
-    kwargs['class_labels'] = jnp.zeros((1,), jnp.int32)
+  condition = example_condition(config)
+  if condition is not None:
+    kwargs['class_labels'] = condition
   variables = model.init({'params': params_key, 'dropout': dropout_key},
                          jnp.zeros((1, *data_shape)), jnp.zeros((1,), jnp.int32), train=False,
                          **kwargs)
@@ -136,4 +152,4 @@ def get_score_fn(sde: sde_lib.SDE, model: nn.Module, variables, train: bool = Fa
 
 
 # Importing the model modules registers them.
-from score_sde.models import ddpm, mlp, ncsnpp, ncsnv2  # noqa: E402,F401
+from score_sde.models import ddpm, ldm_unet, mlp, ncsnpp, ncsnv2  # noqa: E402,F401

@@ -17,24 +17,28 @@ def combine(conditional, unconditional, guidance_scale):
   return (1.0 - guidance_scale) * unconditional + guidance_scale * conditional
 
 
-def guided_score_fn(class_score_fn, class_labels, guidance_scale, null_label: int):
-  """score_fn(x, t) guided towards `class_labels` (one int, or (B,) ints, one per sample).
+def guided_score_fn(class_score_fn, class_labels, guidance_scale, null_label):
+  """score_fn(x, t) guided towards the conditions `class_labels`: one condition, or one per
+  sample (B, ...).
 
-  class_score_fn(x, t, class_labels=...) is a class-conditional score (x (B, ...), t (B,),
-  labels (B,)); `null_label` is the label it was trained with for "no class". guidance_scale
-  None means no guidance: the conditional score alone (one evaluation instead of two). The ODE
-  sampler and the likelihood call the score one sample at a time: with them, pass one int label.
+  class_score_fn(x, t, class_labels=...) is a conditional score (x (B, ...), t (B,), conditions
+  (B, ...)); `null_label` is the condition it was trained with for "no condition": an int label
+  (class-conditional models), or an array, e.g. the word ids of the empty caption, whose shape
+  is that of one condition. guidance_scale None means no guidance: the conditional score alone
+  (one evaluation instead of two). The ODE sampler and the likelihood call the score one sample
+  at a time: with them, pass one condition.
   """
-  class_labels = jnp.asarray(class_labels, jnp.int32)
-  if class_labels.ndim > 1:
-    raise ValueError(f'class_labels must be an int or an array (B,); got shape '
-                     f'{class_labels.shape}.')
+  null = jnp.asarray(null_label)
+  class_labels = jnp.asarray(class_labels, null.dtype)
+  if class_labels.shape not in (null.shape, class_labels.shape[:1] + null.shape):
+    raise ValueError(f'class_labels of shape {class_labels.shape} must be one condition of shape '
+                     f'{null.shape} or one per sample (B, ...) of it.')
 
   def labels_for(x):
-    if class_labels.ndim == 1 and class_labels.shape[0] != x.shape[0]:
-      raise ValueError(f'{class_labels.shape[0]} class labels for a batch of {x.shape[0]}: the '
-                       'ODE sampler and the likelihood see one sample at a time; pass one int.')
-    return jnp.broadcast_to(class_labels, (x.shape[0],))
+    if class_labels.ndim > null.ndim and class_labels.shape[0] != x.shape[0]:
+      raise ValueError(f'{class_labels.shape[0]} conditions for a batch of {x.shape[0]}: the '
+                       'ODE sampler and the likelihood see one sample at a time; pass one.')
+    return jnp.broadcast_to(class_labels, (x.shape[0], *null.shape))
 
   if guidance_scale is None:
     return lambda x, t: class_score_fn(x, t, class_labels=labels_for(x))
@@ -42,7 +46,8 @@ def guided_score_fn(class_score_fn, class_labels, guidance_scale, null_label: in
   def score_fn(x, t):
     labels = labels_for(x)
     both = class_score_fn(jnp.concatenate([x, x]), jnp.concatenate([t, t]),
-                          class_labels=jnp.concatenate([labels, jnp.full_like(labels, null_label)]))
+                          class_labels=jnp.concatenate([labels, jnp.broadcast_to(null,
+                                                                                 labels.shape)]))
     return combine(both[:x.shape[0]], both[x.shape[0]:], guidance_scale)
 
   return score_fn
