@@ -111,7 +111,6 @@ def test_guidance_at_0_and_1_is_the_unconditional_and_the_conditional_score(runs
   ids = conds.encode(['a handwritten three', 'a handwritten nine'])
   x = jax.random.normal(jax.random.PRNGKey(1), (2, 4, 4, 2))
   t = jnp.asarray([0.3, 0.7])
-  score = run.score_fn(None)
   model_score = run._model_score()
   conditional = model_score(x, t, class_labels=jnp.asarray(ids))
   unconditional = model_score(x, t, class_labels=jnp.broadcast_to(conds.null, ids.shape))
@@ -119,7 +118,6 @@ def test_guidance_at_0_and_1_is_the_unconditional_and_the_conditional_score(runs
   np.testing.assert_allclose(guided(0.0), unconditional, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(guided(1.0), conditional, rtol=1e-5, atol=1e-6)
   assert np.abs(np.asarray(conditional - unconditional)).max() > 1e-3
-  assert score is not None
 
 
 def test_an_autoencoder_of_other_images_is_refused(runs):
@@ -187,7 +185,7 @@ def test_a_zoo_model_trains_on_the_latents(runs, tmp_path):
   state = train.train(config, str(tmp_path))
   kernels = [leaf.shape for leaf in jax.tree.leaves(state.params) if leaf.ndim == 4]
   assert (3, 3, 2) in [shape[:3] for shape in kernels]  # the input conv sees 2 latent channels
-  assert kernels[-1][-1] == 2 or any(shape[-1] == 2 for shape in kernels)
+  assert any(shape[-1] == 2 for shape in kernels)  # and the output conv gives 2
   with open(os.path.join(str(tmp_path), 'metrics.jsonl')) as f:
     losses = [json.loads(line)['train/loss'] for line in f if 'train/loss' in line]
   assert len(losses) == 2 and all(np.isfinite(losses))
