@@ -21,22 +21,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from score_sde import autoencoder_training, config_checks, datasets, eval_files, evaluation
-from score_sde import image_quality, inception, methods, parallel, plots
+from score_sde import config_checks, datasets, eval_files, evaluation, image_quality, inception
+from score_sde import parallel, plots
 
 PICTURED_PAIRS = 32
 
 
 class AutoencoderEvaluator:
-  """Reports of an autoencoder run's checkpoints; `like` is the state template to restore."""
+  """Reports of an autoencoder run's checkpoints on `mesh`: `parts` are its
+  autoencoder_training.AutoencoderParts, `batch_arrays` and `eval_losses` its Method's."""
 
-  def __init__(self, config, mesh):
+  def __init__(self, config, mesh, parts, batch_arrays, eval_losses):
     self.config, self.mesh = config, mesh
     self.batch_size = config_checks.positive_int(config, 'eval.batch_size')
     parallel.per_process_batch(self.batch_size, 'eval.batch_size')
-    self.method = methods.get_method(config)
-    self.like = parallel.replicate(mesh, self.method.initial_state)
-    parts = autoencoder_training.from_config(config)
+    self.batch_arrays = batch_arrays
     self.with_ssim = min(datasets.data_shape(config)[:2]) >= image_quality.SSIM_WINDOW
     self.features_of = None
     if config.eval.get('inception_weights') or os.environ.get(inception.ENV_WEIGHTS):
@@ -50,7 +49,7 @@ class AutoencoderEvaluator:
       return jnp.round(jnp.clip((decoded + 1.0) / 2.0, 0.0, 1.0) * 255.0) / 255.0
 
     self.reconstruct = reconstruct
-    self.loss = jax.jit(self.method.eval_losses)
+    self.loss = jax.jit(eval_losses)
 
   def _per_image(self, state) -> dict:
     """Per-image metrics over the whole test split, and the first pictured pairs."""
@@ -67,7 +66,7 @@ class AutoencoderEvaluator:
       values = {'psnr': image_quality.psnr(rebuilt, images),
                 'loss': self.loss(state, jax.random.PRNGKey(0),
                                   parallel.global_batch(self.mesh,
-                                                        self.method.batch_arrays(data)))}
+                                                        self.batch_arrays(data)))}
       if self.with_ssim:
         values['ssim'] = image_quality.ssim(rebuilt, images)
       if self.features_of is not None:
@@ -82,7 +81,8 @@ class AutoencoderEvaluator:
     arrays['pictured'] = np.concatenate(pictured)[:PICTURED_PAIRS]
     return arrays
 
-  def report(self, state, step: int, out: str) -> dict:
+  def __call__(self, state, step: int, out: str) -> dict:
+    """The report of the checkpoint `state` of `step`, its files written into `out`."""
     arrays = eval_files.npz_once(os.path.join(out, 'reconstruction.npz'),
                                  lambda: self._per_image(state))
     report = {'step': step, 'num_examples': len(arrays['psnr']),

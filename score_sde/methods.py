@@ -5,9 +5,9 @@
                  (latent_runs.py), with the losses of losses.py / edm.py (the default)
   'autoencoder'  the KL autoencoder of latent diffusion (autoencoder_training.py)
 
-A `Method` is what the training driver needs of one: the initial state, a host-side map from a
-dataset batch to the arrays its steps take, the jittable steps, an evaluation loss, and a
-snapshot picture.
+A `Method` is what the drivers need of one: the initial state, a host-side map from a
+dataset batch to the arrays its steps take, the jittable steps, an evaluation loss, a snapshot
+picture, the evaluation of a checkpoint and, for generative methods, the samples of --mode sample.
 """
 import dataclasses
 from typing import Callable, Optional
@@ -16,8 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from score_sde import autoencoder_losses, autoencoder_training, config_checks, datasets
-from score_sde import latent_runs, losses, sampling
+from score_sde import autoencoder_eval, autoencoder_losses, autoencoder_training, config_checks
+from score_sde import datasets, latent_runs, losses, sampling, score_eval
 from score_sde import conditions as conditions_lib
 from score_sde import models as models_lib
 from score_sde import sde as sde_lib
@@ -49,6 +49,11 @@ class Method:
   eval_losses(state, key, arrays) -> per-example evaluation losses (B,) of one batch_arrays.
   snapshot(state, key, arrays) -> images or points in data units for the snapshot picture.
   data_shape: the shape of one example the model sees.
+  evaluator(mesh) -> report(state, step, out): --mode eval's report dict of the checkpoint
+    `state` of `step`, whose files it writes once each into the folder `out`.
+  draw_samples(mesh, state, out) -> {'samples' (N, ...) uint8 images or float32 points,
+    'nfe' (N,), 'seconds'}: eval.num_samples samples in data units, batches saved into `out`;
+    None for methods that generate nothing.
   """
 
   initial_state: object
@@ -57,6 +62,8 @@ class Method:
   eval_losses: Callable
   snapshot: Optional[Callable]
   data_shape: tuple
+  evaluator: Callable
+  draw_samples: Optional[Callable]
 
 
 def resolve_config(config, workdir_path: str):
@@ -167,12 +174,22 @@ def score_method(config, sample_sharding=None) -> Method:
   fields = score_method_of(config, experiment, config_checks.get(config, 'training.batch_size'),
                            conds, sample_sharding)
   if space is not None:
-    return Method(**latent_runs.latent_method(space, fields, batch_arrays))
-  inverse_scaler = datasets.get_data_inverse_scaler(config)
-  if fields['snapshot'] is not None:
-    draw = fields['snapshot']
-    fields['snapshot'] = lambda state, key, arrays: inverse_scaler(draw(state, key, arrays))
-  return Method(batch_arrays=batch_arrays, **fields)
+    fields = latent_runs.latent_method(space, fields, batch_arrays)
+  else:
+    fields['batch_arrays'] = batch_arrays
+    inverse_scaler = datasets.get_data_inverse_scaler(config)
+    if fields['snapshot'] is not None:
+      draw = fields['snapshot']
+      fields['snapshot'] = lambda state, key, arrays: inverse_scaler(draw(state, key, arrays))
+
+  def evaluator(mesh):
+    return score_eval.ScoreEvaluator(config, mesh, fields['batch_arrays'], fields['eval_losses'],
+                                     experiment, space, conds)
+
+  def draw_samples(mesh, state, out):
+    return score_eval.draw_samples(config, mesh, experiment, space, conds, state, out)
+
+  return Method(evaluator=evaluator, draw_samples=draw_samples, **fields)
 
 
 @register_method(name='autoencoder')
@@ -214,5 +231,9 @@ def autoencoder_method(config, sample_sharding=None) -> Method:
     pairs = jnp.stack([images, jnp.clip(reconstruct(state, images), -1.0, 1.0)], axis=1)
     return (pairs.reshape(-1, *images.shape[1:]) + 1.0) / 2.0
 
+  def evaluator(mesh):
+    return autoencoder_eval.AutoencoderEvaluator(config, mesh, parts, batch_arrays, eval_losses)
+
   return Method(initial_state=state, batch_arrays=batch_arrays, train_steps=train_steps,
-                eval_losses=eval_losses, snapshot=snapshot, data_shape=image_shape)
+                eval_losses=eval_losses, snapshot=snapshot, data_shape=image_shape,
+                evaluator=evaluator, draw_samples=None)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from score_sde import checkpoints, datasets, evaluate, evaluation, inception, likelihood, losses
-from score_sde import digits_features, image_datasets, methods, train
+from score_sde import digits_features, image_datasets, methods, score_eval, train
 
 from .helpers import tiny_config
 from .inception_weights import random_state_dict
@@ -187,9 +187,9 @@ def test_digit_accuracy_reads_sample_k_as_class_k_mod_num_classes():
   images, labels = image_datasets.digits_split('test')
   by_class = [images[labels == c] for c in range(10)]
   in_order = np.stack([by_class[k % 10][k // 10] for k in range(100)])  # sample k shows k mod 10
-  report = evaluate._digits_sample_quality(config, in_order)
+  report = score_eval._digits_sample_quality(config, in_order)
   assert report['digit_accuracy'] >= 0.97
   rolled = np.roll(in_order, 1, axis=0)  # sample k shows k - 1 mod 10
-  assert evaluate._digits_sample_quality(config, rolled)['digit_accuracy'] <= 0.03
+  assert score_eval._digits_sample_quality(config, rolled)['digit_accuracy'] <= 0.03
   config.model.num_classes = None
-  assert 'digit_accuracy' not in evaluate._digits_sample_quality(config, in_order)
+  assert 'digit_accuracy' not in score_eval._digits_sample_quality(config, in_order)

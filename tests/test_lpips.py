@@ -102,8 +102,9 @@ def test_environment_variable_names_the_directory(params, monkeypatch):
 
 
 def test_wrong_weights_are_listed(tmp_path):
-  vgg16 = tensor_files.read_legacy_torch_file(os.path.join(FIXTURE, lpips.VGG16_FILE), lambda n: True)
-  lins = tensor_files.read_legacy_torch_file(os.path.join(FIXTURE, lpips.LIN_FILE), lambda n: True)
+  read = tensor_files.read_legacy_torch_file
+  vgg16 = read(os.path.join(FIXTURE, lpips.VGG16_FILE), lambda n: True)
+  lins = read(os.path.join(FIXTURE, lpips.LIN_FILE), lambda n: True)
   del vgg16['features.26.bias']
   lins['lin1.model.1.weight'] = np.zeros((1, 64, 1, 1), np.float32)
   with pytest.raises(ValueError, match=r'lin1.model.1.weight \(vgg.pth\): shape \(1, 64, 1, 1\), '

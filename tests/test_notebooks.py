@@ -1,5 +1,6 @@
 """The notebooks run top to bottom (nbclient, a fresh kernel each), their printed figures agree
-with the references they print beside them, and the repository holds them without outputs."""
+with the references they print beside them, and the repository holds them without outputs.
+latent_diffusion runs in test_latent_runs.py, on the latent runs trained there."""
 import os
 import re
 
@@ -81,10 +82,3 @@ def test_controllable_generation(tmp_path):
   assert int(recovered.group(1)) >= 8
   hits = [float(h) for h in re.findall(r'requested class (\d+)%', text)]
   assert hits[0] < 30 and hits[1] > 90 and hits[2] >= hits[1], text
-
-
-def test_latent_diffusion(tmp_path):
-  text = executed_text('latent_diffusion', tmp_path)
-  hits = [float(h) for h in re.findall(r'samples showing their caption (\d+)%', text)]
-  assert len(hits) == 3, text
-  assert hits[0] < 25 and hits[2] > 30 and hits[2] > hits[0] + 10, text  # chance: 10%
