@@ -3,9 +3,9 @@ eval_folder)` (--mode eval) and `sample(config, workdir, eval_folder)` (--mode s
 
 `evaluate` takes checkpoints eval.begin_ckpt..eval.end_ckpt, in the official numbering: checkpoint
 k is step k * training.snapshot_freq of workdir/checkpoints. For each that exists (optionally
-waiting for training to write the others), the run's method (methods.py) writes its files and
-report.json to workdir/<eval_folder>/step_<step>/ (score runs: score_eval.py; autoencoder runs:
-autoencoder_eval.py), and the report is appended to workdir/<eval_folder>/reports.jsonl. Each file
+waiting for training to write the others), the evaluator of the run's training method
+(methods.Method.evaluator) writes its files and report.json to workdir/<eval_folder>/step_<step>/,
+and the report is appended to workdir/<eval_folder>/reports.jsonl. Each file
 is written once, atomically, and reused when the evaluation is restarted, so a preempted
 evaluation resumes where it stopped and nothing is overwritten. Work is split over every device of
 every process as in training; only process 0 writes.
