@@ -25,7 +25,7 @@ import optax
 from score_sde import autoencoder_losses as terms
 from score_sde import config_checks, datasets, losses, lpips
 from score_sde.models import autoencoder as autoencoder_lib
-from score_sde.models import patch_gan
+from score_sde.models import init_once, patch_gan
 
 # The decoder's last layer, where the adaptive weight compares the gradients.
 LAST_LAYER = ('decoder', 'conv_out', 'kernel')
@@ -77,11 +77,11 @@ def init_state(key, autoencoder, discriminator, objective: AutoencoderObjective,
   objective is adversarial."""
   ae_key, d_key, rng = jax.random.split(key, 3)
   images = jnp.zeros((1, *image_shape), jnp.float32)
-  params = {'autoencoder': autoencoder.init(ae_key, images)['params'],
+  params = {'autoencoder': init_once.init_variables(autoencoder, ae_key, images)['params'],
             'log_scale': jnp.zeros((), jnp.float32)}
   d_params = d_state = None
   if objective.adversarial:
-    d_params = discriminator.init(d_key, images)['params']
+    d_params = init_once.init_variables(discriminator, d_key, images)['params']
     d_state = discriminator_optimizer.init(d_params)
   return AutoencoderTrainState(step=jnp.zeros((), jnp.int32), params=params,
                                opt_state=optimizer.init(params), discriminator_params=d_params,

@@ -237,3 +237,25 @@ def test_model_sampler_guidance_scales(method):
   with pytest.raises(ValueError, match='sampling.guidance_scale = 1.0 needs a conditional model'):
     config.model.num_classes = None
     sampling.get_model_sampler(config, sde, model, (4, 2))
+
+
+def test_a_guidance_scale_given_to_the_sampler_is_the_configs_and_compiles_once():
+  from score_sde import models
+  config = tiny_config()
+  config.model.num_classes = 3
+  config.sampling.update(method='dpm_solver', nfe=8)
+  sde = sde_lib.get_sde(config)
+  model, variables = models.init_model(jax.random.PRNGKey(0), config, (2,))
+  labels, key = jnp.array([0, 1, 2, 1]), jax.random.PRNGKey(1)
+  swept = sampling.get_model_sampler(config, sde, model, (4, 2))  # config scale None
+  for scale in (0.0, 1.0, 3.0):
+    config.sampling.guidance_scale = scale
+    fixed = sampling.get_model_sampler(config, sde, model, (4, 2))
+    np.testing.assert_allclose(swept(variables, key, 0, labels, jnp.float32(scale))[0],
+                               fixed(variables, key, 0, labels)[0], rtol=1e-5, atol=1e-6)
+  assert swept._cache_size() == 1
+  config.model.num_classes = config.sampling.guidance_scale = None
+  unconditional = models.init_model(jax.random.PRNGKey(0), config, (2,))
+  draw = sampling.get_model_sampler(config, sde, unconditional[0], (4, 2))
+  with pytest.raises(ValueError, match='given a guidance_scale, which needs a conditional model'):
+    draw(unconditional[1], key, 0, None, jnp.float32(1.0))

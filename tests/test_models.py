@@ -104,3 +104,24 @@ def test_fourier_embedding_needs_continuous_ve_labels(sde, continuous):
   config.model.embedding_type = 'fourier'
   with pytest.raises(ValueError, match="embedding_type = 'fourier' embeds log"):
     models.init_model(jax.random.PRNGKey(0), config, (2,))
+
+
+def test_init_model_gives_module_inits_values_compiling_each_model_once():
+  from score_sde.models import init_once
+  config = tiny_config()
+  config.model.num_classes = 3  # an embedding table besides the dense layers
+  model, variables = models.init_model(jax.random.PRNGKey(7), config, (2,))
+  params_key, dropout_key = jax.random.split(jax.random.PRNGKey(7))
+  eager = model.init({'params': params_key, 'dropout': dropout_key}, jnp.zeros((1, 2)),
+                     jnp.zeros((1,), jnp.int32), train=False, class_labels=jnp.full((1,), 3))
+  leaves, eager_leaves = jax.tree.leaves(variables), jax.tree.leaves(eager)
+  assert jax.tree.structure(variables) == jax.tree.structure(dict(eager)) and len(leaves) > 6
+  for leaf, expected in zip(leaves, eager_leaves):
+    np.testing.assert_allclose(leaf, expected, rtol=1e-6, atol=1e-7)
+  compiled = len(init_once._compiled)
+  _, again = models.init_model(jax.random.PRNGKey(8), config, (2,))  # a model built again
+  assert len(init_once._compiled) == compiled
+  assert not all(np.allclose(a, b) for a, b in zip(jax.tree.leaves(again), leaves))  # own draws
+  config.model.nf = 32
+  models.init_model(jax.random.PRNGKey(7), config, (2,))
+  assert len(init_once._compiled) == compiled + 1

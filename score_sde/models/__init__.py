@@ -32,7 +32,7 @@ import jax.numpy as jnp
 from score_sde import config_checks
 from score_sde import edm
 from score_sde import sde as sde_lib
-from score_sde.models import conditioning
+from score_sde.models import conditioning, init_once
 from score_sde.registry import Registry
 
 _MODELS = Registry('model')
@@ -81,10 +81,10 @@ def init_model(key: jax.Array, config, data_shape: tuple) -> tuple:
   condition = example_condition(config)
   if condition is not None:
     kwargs['class_labels'] = condition
-  variables = model.init({'params': params_key, 'dropout': dropout_key},
-                         jnp.zeros((1, *data_shape)), jnp.zeros((1,), jnp.int32), train=False,
-                         **kwargs)
-  return model, dict(variables)
+  variables = init_once.init_variables(model, {'params': params_key, 'dropout': dropout_key},
+                                       jnp.zeros((1, *data_shape)), jnp.zeros((1,), jnp.int32),
+                                       train=False, **kwargs)
+  return model, variables
 
 
 def get_model_fn(model: nn.Module, variables, train: bool = False) -> Callable:

@@ -17,7 +17,7 @@ import numpy as np
 
 from score_sde import config_checks
 from score_sde import sde as sde_lib
-from score_sde.models import layers
+from score_sde.models import init_once, layers
 
 # Per-channel mean and standard deviation of the CIFAR-10 training images in [0, 1].
 CIFAR10_MEAN = (0.49139968, 0.48215841, 0.44653091)
@@ -141,8 +141,8 @@ def init_classifier(key: jax.Array, config, data_shape: tuple) -> tuple:
   """Builds the classifier and initialises it on one image of ones of shape data_shape at
   sigma = 1. Returns (classifier, variables) with variables = {'params': ...}."""
   classifier = get_classifier(config)
-  variables = classifier.init(key, jnp.ones((1, *data_shape)), jnp.ones((1,)))
-  return classifier, dict(variables)
+  variables = init_once.init_variables(classifier, key, jnp.ones((1, *data_shape)), jnp.ones((1,)))
+  return classifier, variables
 
 
 def get_logit_fn(classifier: WideResnet, variables, sde: sde_lib.SDE, mean=CIFAR10_MEAN,

@@ -152,17 +152,22 @@ def _fast_sampler(config, sde, method: str, continuous: bool, t_start):
                              **common)
 
 
+_HOW_TO_CONDITION = ('set model.num_classes (NCSN++, DDPM or MLP models) or model.conditioning '
+                     '(ldm_unet)')
+
+
 def get_model_sampler(config, sde, model, shape, sharding=None, null_condition=None):
-  """Jitted draw(variables, key, first_index=0, class_labels=None) -> (samples of `shape`, nfe)
-  from a trained model, with the score convention of config.training.continuous. `sharding`
-  (e.g. batch-sharded over a device mesh) lays out the samples, and with them the sampling work,
-  over the devices.
+  """Jitted draw(variables, key, first_index=0, class_labels=None, guidance_scale=None) ->
+  (samples of `shape`, nfe) from a trained model, with the score convention of
+  config.training.continuous. `sharding` (e.g. batch-sharded over a device mesh) lays out the
+  samples, and with them the sampling work, over the devices.
 
   A conditional model (models.example_condition) draws sample k for condition class_labels[k]
   (class-conditional models default to class k mod num_classes, all classes in turn; caption
   models need them), guided at config.sampling.guidance_scale (classifier-free guidance against
   `null_condition`, default the model's null label or empty caption; None: the conditional score
-  alone).
+  alone). A guidance_scale passed to draw replaces the config's and is traced: a sweep over
+  scales compiles once.
   """
   continuous = bool(config_checks.get(config, 'training.continuous'))
   sampler = get_sampler(config, sde, continuous)
@@ -171,17 +176,20 @@ def get_model_sampler(config, sde, model, shape, sharding=None, null_condition=N
   scale = config.sampling.get('guidance_scale')
   if scale is not None and example is None:
     raise ValueError(f'Config field sampling.guidance_scale = {scale} needs a conditional '
-                     'model: set model.num_classes (NCSN++, DDPM or MLP models) or '
-                     'model.conditioning (ldm_unet).')
+                     f'model: {_HOW_TO_CONDITION}.')
   null = example[0] if null_condition is None and example is not None else null_condition
   one_at_a_time = config.sampling.method == 'ode'  # it solves each sample alone
 
   @jax.jit
-  def draw(variables, key, first_index=0, class_labels=None):
+  def draw(variables, key, first_index=0, class_labels=None, guidance_scale=None):
     score_fn = models_lib.get_score_fn(sde, model, variables, train=False, continuous=continuous)
     if example is None:
+      if guidance_scale is not None:
+        raise ValueError('draw was given a guidance_scale, which needs a conditional model: '
+                         f'{_HOW_TO_CONDITION}.')
       samples, nfe = sampler(key, score_fn, shape, first_index)
     else:
+      w = scale if guidance_scale is None else guidance_scale
       if class_labels is None:
         if num_classes is None:
           raise ValueError('A caption-conditioned model samples for given captions: pass their '
@@ -190,12 +198,12 @@ def get_model_sampler(config, sde, model, shape, sharding=None, null_condition=N
       class_score = lambda x, t, class_labels: score_fn(x, t, class_labels=class_labels)  # noqa
       if one_at_a_time:
         def draw_one(index, label):
-          guided = guidance.guided_score_fn(class_score, label, scale, null)
+          guided = guidance.guided_score_fn(class_score, label, w, null)
           return sampler(key, guided, (1, *shape[1:]), first_index + index)
         samples, nfe = jax.vmap(draw_one)(jnp.arange(shape[0]), class_labels)
         samples, nfe = samples.reshape(shape), nfe.reshape(shape[0])
       else:
-        guided = guidance.guided_score_fn(class_score, class_labels, scale, null)
+        guided = guidance.guided_score_fn(class_score, class_labels, w, null)
         samples, nfe = sampler(key, guided, shape, first_index)
     if sharding is not None:
       samples = jax.lax.with_sharding_constraint(samples, sharding)
