@@ -3,8 +3,8 @@ from ml_collections.config_dict import placeholder
 
 
 def add_fast_sampler_fields(sampling) -> None:
-  """Adds the fields of methods 'ddim', 'dpm_solver', 'edm' and 'ddim_diffusers' and of
-  classifier-free guidance."""
+  """Adds the fields of methods 'ddim', 'dpm_solver', 'edm', 'ddim_diffusers' and
+  'consistency' and of classifier-free guidance."""
   sampling.steps = placeholder(int)  # number of steps; or set sampling.nfe instead
   sampling.nfe = placeholder(int)  # budget of score evaluations
   sampling.time_schedule = placeholder(str)  # None: the sampler's own default
@@ -19,3 +19,5 @@ def add_fast_sampler_fields(sampling) -> None:
   sampling.s_max = placeholder(float)  # None: no upper limit
   sampling.s_noise = 1.0
   sampling.guidance_scale = placeholder(float)  # class-conditional models; None: no guidance
+  sampling.consistency_levels = ()  # 'consistency': EDM levels after the first step; (): 1 step
+  sampling.consistency_sigma_min = 0.002  # 'consistency': where the consistency function is x

@@ -33,7 +33,8 @@ FIELDS = {
     },
     'sampling': {
         'method': "'pc' (predictor-corrector) | 'ode' (probability flow) | 'ddim' | 'dpm_solver' | "
-                  "'edm' | 'ddim_diffusers' (diffusers' DDIMScheduler, discrete VP models)",
+                  "'edm' | 'ddim_diffusers' (diffusers' DDIMScheduler, discrete VP models) | "
+                  "'consistency' (consistency models)",
         'predictor': 'registered predictor name (sampling.registered_predictors())',
         'corrector': 'registered corrector name (sampling.registered_correctors())',
         'snr': 'signal-to-noise ratio setting the Langevin corrector step size',
@@ -64,6 +65,10 @@ FIELDS = {
         's_noise': "method 'edm': scale of the churn noise",
         'guidance_scale': 'class- or text-conditional models: classifier-free guidance scale w '
                           '(0 unconditional, 1 conditional; None: conditional without guidance)',
+        'consistency_levels': "method 'consistency': EDM noise levels (sigma / alpha) of the steps "
+                              'after the first, decreasing (() : one step)',
+        'consistency_sigma_min': "method 'consistency': the level at which the consistency "
+                                 'function is the identity',
     },
     'likelihood': {
         'solver': "probability-flow ODE solver: 'dopri5' | 'tsit5' | 'euler' | 'heun'",

@@ -36,7 +36,8 @@ from score_sde.sampling import ddim_diffusers, grid, guidance, ode, start, strea
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
 TIMESTEPS = ('discrete', 'continuous')
-SAMPLERS = sampling.SAMPLING_METHODS
+# The registered samplers but 'consistency': a Stable Diffusion U-Net is no consistency model.
+SAMPLERS = tuple(method for method in sampling.SAMPLING_METHODS if method != 'consistency')
 
 
 def vp_sde(schedule: checkpoints.Schedule) -> sde_lib.VPSDE:

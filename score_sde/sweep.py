@@ -42,7 +42,8 @@ def build_sampler(sde, method: str, *, continuous: bool = True, eps: float = 1e-
   """A sampler from keywords. 'pc': steps (N; default the SDE's), predictor, corrector, snr,
   n_steps_each, ...; 'ode': rtol, atol, solver; 'ddim' | 'dpm_solver' | 'edm': steps or nfe and
   their options (eta, variant, schedule, rho, s_churn, ...); 'ddim_diffusers': steps and its
-  options (eta, timestep_spacing, ...), continuous=False. Unknown options raise TypeError."""
+  options (eta, timestep_spacing, ...), continuous=False; 'consistency': levels, sigma_min.
+  Unknown options raise TypeError."""
   if method == 'pc':
     if nfe is not None:
       raise ValueError("method 'pc' takes steps (its N), not an nfe budget.")
@@ -60,6 +61,11 @@ def build_sampler(sde, method: str, *, continuous: bool = True, eps: float = 1e-
       raise ValueError("method 'ddim_diffusers' runs a discrete model (continuous=False) for "
                        "`steps` (diffusers' num_inference_steps), not an nfe budget.")
     return sampling.get_ddim_diffusers_sampler(sde, num_steps=steps, **options)
+  if method == 'consistency':
+    if steps is not None or nfe is not None:
+      raise ValueError("method 'consistency' takes levels (one step after the first per level), "
+                       'not steps or nfe.')
+    return sampling.get_consistency_sampler(sde, **options)
   builders = {'ddim': sampling.get_ddim_sampler, 'dpm_solver': sampling.get_dpm_solver_sampler,
               'edm': sampling.get_edm_sampler}
   if method not in builders:

@@ -4,7 +4,7 @@ theirs), on the 4 x 4 x 4 latents of configs/latent/pairs_autoencoder.py, VP SDE
 DSM loss, captions dropped 10% of the time for classifier-free guidance. Captions name two digits
 and their order ('three left of eight', 'eight right of three'); the model follows them only by
 attending to which word names which side, which it learns late (after about 4,000 steps; the
-EMA at 0.99 follows within a few hundred). 4,500 steps, about 13 minutes on a 2-core CPU:
+EMA at 0.99 follows within a few hundred). 4,500 steps, 13-16 minutes on a 2-core CPU:
 
   score-sde --config configs/latent/pairs_text.py --workdir runs/pairs_text \
       --config.latent.autoencoder=runs/pairs_ae

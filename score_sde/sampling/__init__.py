@@ -3,8 +3,9 @@
 Every sampler is a function sample(key, score_fn, shape, first_index=0, x_start=None, ...) ->
 (samples, nfe): 'pc' (predictor-corrector, pc.py; nfe an int), 'ode' (probability-flow ODE,
 ode.py; nfe per sample, shape (B,)), 'ddim' (ddim.py), 'dpm_solver' (DPM-Solver++,
-dpm_solver.py), 'edm' (EDM's Heun sampler, edm.py) and 'ddim_diffusers' (diffusers'
-DDIMScheduler on a discrete VP model, ddim_diffusers.py); the last four return an int nfe.
+dpm_solver.py), 'edm' (EDM's Heun sampler, edm.py), 'ddim_diffusers' (diffusers'
+DDIMScheduler on a discrete VP model, ddim_diffusers.py) and 'consistency' (one- and multistep
+sampling of a consistency model, consistency.py); the last five return an int nfe.
 Sample k draws its prior sample (and any noise) from fold_in(key, k), so every sampler starts
 from the same prior draws. Every factory takes t_start (None: T) and every sample x_start (None:
 the prior draws), to start a run from a given state at a given time (sampling.start: SDEdit,
@@ -15,9 +16,10 @@ import jax.numpy as jnp
 
 from score_sde import config_checks
 from score_sde import models as models_lib
-from score_sde.sampling import (correctors, ddim, ddim_diffusers, dpm_solver, edm, grid, guidance,
-                                ode)
+from score_sde.sampling import (consistency, correctors, ddim, ddim_diffusers, dpm_solver, edm,
+                                grid, guidance, ode)
 from score_sde.sampling.ode import ODESolver, get_flow_maps, get_ode_sampler
+from score_sde.sampling.consistency import get_consistency_sampler
 from score_sde.sampling.correctors import (Corrector, get_corrector, register_corrector,
                                            registered_correctors)
 from score_sde.sampling.ddim import get_ddim_sampler
@@ -29,13 +31,13 @@ from score_sde.sampling.predictors import (Predictor, get_predictor, register_pr
                                            registered_predictors)
 
 __all__ = ['Corrector', 'DEFAULT_SCHEDULES', 'ODESolver', 'Predictor', 'SAMPLING_METHODS',
-           'get_corrector', 'get_ddim_diffusers_sampler', 'get_ddim_sampler',
-           'get_dpm_solver_sampler', 'get_edm_sampler',
+           'get_consistency_sampler', 'get_corrector', 'get_ddim_diffusers_sampler',
+           'get_ddim_sampler', 'get_dpm_solver_sampler', 'get_edm_sampler',
            'get_flow_maps', 'get_model_sampler', 'get_ode_sampler', 'get_pc_sampler',
            'get_predictor', 'get_sampler', 'register_corrector', 'register_predictor',
            'registered_correctors', 'registered_predictors']
 
-SAMPLING_METHODS = ('pc', 'ode', 'ddim', 'dpm_solver', 'edm', 'ddim_diffusers')
+SAMPLING_METHODS = ('pc', 'ode', 'ddim', 'dpm_solver', 'edm', 'ddim_diffusers', 'consistency')
 # The time schedule each fast sampler uses when config.sampling.time_schedule is None.
 DEFAULT_SCHEDULES = {'ddim': 'time_uniform', 'dpm_solver': 'logsnr', 'edm': 'rho'}
 
@@ -49,13 +51,17 @@ def get_sampler(config, sde, continuous: bool = True, t_start=None):
   DEFAULT_SCHEDULES), rho, noise_removal (the final denoising step), eps; 'ddim' also eta,
   'dpm_solver' dpm_solver_variant, 'edm' s_churn, s_min, s_max (None: no limit), s_noise.
   method 'ddim_diffusers' (a discrete VP model only): steps, eta, timestep_spacing,
-  steps_offset, set_alpha_to_one. `continuous=False` declares a score conditioned on discrete
+  steps_offset, set_alpha_to_one. method 'consistency' (a consistency model of continuous noise
+  levels): consistency_levels (the EDM noise levels of the steps after the first; () for one
+  step), consistency_sigma_min. `continuous=False` declares a score conditioned on discrete
   steps (the ODE's adaptive solvers then step to each of its jumps; the fast samplers run on its
   steps). t_start (None: T): the time the runs start from, with `sample(..., x_start=...)`.
   """
   method = config_checks.choice(config, 'sampling.method', SAMPLING_METHODS)
   if method == 'ddim_diffusers':
     return _ddim_diffusers_sampler(config, sde, continuous, t_start)
+  if method == 'consistency':
+    return _consistency_sampler(config, sde, continuous, t_start)
   if method in DEFAULT_SCHEDULES:
     return _fast_sampler(config, sde, method, continuous, t_start)
   if method == 'ode':
@@ -123,6 +129,22 @@ def _ddim_diffusers_sampler(config, sde, continuous: bool, t_start):
                                             ddim_diffusers.TIMESTEP_SPACINGS),
       steps_offset=steps_offset,
       set_alpha_to_one=config_checks.boolean(config, 'sampling.set_alpha_to_one'),
+      t_start=t_start)
+
+
+def _consistency_sampler(config, sde, continuous: bool, t_start):
+  """The consistency sampler of config.sampling (a model of continuous noise levels)."""
+  if not continuous:
+    raise ValueError("sampling.method = 'consistency' samples a model of continuous noise levels; "
+                     'training.continuous = False declares a discrete one.')
+  levels = config_checks.get(config, 'sampling.consistency_levels')
+  if not isinstance(levels, (tuple, list)) or not all(
+      isinstance(level, (int, float)) and not isinstance(level, bool) for level in levels):
+    raise ValueError(f'Config field sampling.consistency_levels = {levels!r} must be a tuple of '
+                     'noise levels (() for one step).')
+  return consistency.get_consistency_sampler(
+      sde, tuple(float(level) for level in levels),
+      sigma_min=config_checks.positive_float(config, 'sampling.consistency_sigma_min'),
       t_start=t_start)
 
 
