@@ -41,14 +41,17 @@ class ConsistencyParameterization:
   log_embedding: bool = False
 
   def __post_init__(self):
-    for name in ('sigma_min', 'sigma_data'):
-      if not getattr(self, name) > 0:
-        raise ValueError(f'{name} = {getattr(self, name)} must be positive.')
+    if not self.sigma_min > 0:
+      raise ValueError(f'sigma_min = {self.sigma_min} must be positive.')
+    self._edm()  # checks sigma_data
+
+  def _edm(self) -> edm.EDMPreconditioning:
+    """EDM's preconditioning at this sigma_data: the source of c_in and the noise input."""
+    return edm.EDMPreconditioning(sigma_data=self.sigma_data, log_embedding=self.log_embedding)
 
   def coefficients(self, sigma):
     """c_skip, c_out, c_in and the network's noise input, each like sigma (B,)."""
-    _, _, c_in, noise_input = edm.EDMPreconditioning(
-        sigma_data=self.sigma_data, log_embedding=self.log_embedding).coefficients(sigma)
+    _, _, c_in, noise_input = self._edm().coefficients(sigma)
     offset, sd = sigma - self.sigma_min, self.sigma_data
     return (sd**2 / (offset**2 + sd**2), sd * offset / jnp.sqrt(sd**2 + sigma**2), c_in,
             noise_input)

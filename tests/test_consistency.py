@@ -34,6 +34,8 @@ def test_the_consistency_function_is_the_identity_at_sigma_min_exactly():
   np.testing.assert_allclose(f(x, jnp.asarray(sigma)), expected, rtol=1e-5)
   with pytest.raises(ValueError, match='sigma_min = 0.0 must be positive'):
     consistency.ConsistencyParameterization(sigma_min=0.0)
+  with pytest.raises(ValueError, match='sigma_data = -1.0 must be positive'):
+    consistency.ConsistencyParameterization(sigma_data=-1.0)
 
 
 def test_karras_levels_are_edms_equation_5():
