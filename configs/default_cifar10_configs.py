@@ -94,6 +94,7 @@ def get_default_configs():
   model.num_classes = placeholder(int)  # NCSN++ / DDPM: data classes; None: unconditional
   model.preconditioning = placeholder(str)  # 'edm' (Karras et al. 2022); None: official
   model.sigma_data = placeholder(float)  # model.preconditioning 'edm'; None: 0.5
+  model.parameterization = placeholder(str)  # 'velocity' (flows); None: the score's
 
   config.optim = optim = ml_collections.ConfigDict()
   optim.weight_decay = 0.

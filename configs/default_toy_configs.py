@@ -80,6 +80,7 @@ def get_default_configs():
   model.num_classes = placeholder(int)  # data classes; None: unconditional
   model.preconditioning = placeholder(str)  # 'edm' (Karras et al. 2022); None: official
   model.sigma_data = placeholder(float)  # model.preconditioning 'edm'; None: 0.5
+  model.parameterization = placeholder(str)  # 'velocity' (flows); None: the score's
   model.ema_rate = 0.999
   model.num_scales = 1000
   model.beta_min = 0.1

@@ -10,8 +10,12 @@ FIELDS = {
     'seed': 'integer seed of the run: every random key is split from jax.random.key(seed)',
     'training': {
         'method': "what is trained: 'score' (a score model, the default; None: 'score') | "
-                  "'autoencoder' (the KL autoencoder of latent diffusion, section autoencoder)",
-        'sde': "'vpsde' | 'subvpsde' | 'vesde'",
+                  "'autoencoder' (the KL autoencoder of latent diffusion, section autoencoder) | "
+                  "'cd' (consistency distillation of training.teacher) | 'ct' | 'ict' "
+                  '(consistency training, original and improved; section consistency)',
+        'teacher': "training.method 'cd': the workdir of the trained score run to distil",
+        'sde': "'vpsde' | 'subvpsde' | 'vesde' | 'rectified_flow' (the linear path x(t) = "
+               "(1 - t) x0 + t z, a velocity model)",
         'continuous': 'continuous time, t ~ U(eps, T); else the discrete SMLD / DDPM loss',
         'reduce_mean': 'average the squared error over data dimensions (else half the sum)',
         'likelihood_weighting': 'weight the loss by g(t)^2 (Song et al. 2021b)',
@@ -153,9 +157,13 @@ FIELDS = {
         'text_encoder': "ldm_unet 'clip': a Stable Diffusion checkpoint whose tokenizer and CLIP "
                         'text encoder (frozen) encode the captions',
         'preconditioning': "None (the official parameterisations) | 'edm' (Karras et al. 2022: "
-                           'the network is the F of a denoiser, score_sde.edm)',
+                           "the network is the F of a denoiser, score_sde.edm) | 'consistency' "
+                           '(a consistency model, trained by training.method cd / ct / ict)',
         'sigma_data': "model.preconditioning 'edm': std of the data (None: 0.5, images in "
                       '[-1, 1])',
+        'parameterization': "None (the score parameterisations; 'velocity' for training.sde "
+                            "'rectified_flow') | 'velocity' (the network predicts the flow's "
+                            'velocity, trained by flow matching, score_sde.flows)',
         'ema_rate': 'rate of the exponential moving average of the weights (0: none)',
         'num_scales': 'number of noise levels / discrete steps N',
         'sigma_min': 'VE SDE: smallest noise level',
@@ -163,6 +171,26 @@ FIELDS = {
         'beta_min': 'VP / sub-VP SDE: beta(0)',
         'beta_max': 'VP / sub-VP SDE: beta(1)',
         'beta_schedule': "VP / sub-VP SDE: 'linear' | 'scaled_linear' | 'cosine' (None: 'linear')",
+    },
+    'consistency': {
+        'num_levels': "'cd': number N of Karras noise levels (None: 18)",
+        'curriculum_start': "'ct' / 'ict': levels at step 0, s0 (None: 2 / 10)",
+        'curriculum_end': "'ct' / 'ict': the curriculum's s1, N ends at s1 + 1 (None: 150 / 1280)",
+        'level_sampling': "pairs of levels drawn 'uniform' | 'lognormal' (iCT Eq. 9; None: "
+                          "the method's)",
+        'distance': "'l2' | 'pseudo_huber' (iCT Eq. 7) | 'lpips' (None: the method's)",
+        'weighting': "'uniform' | 'ict' (1 / (sigma_{n+1} - sigma_n); None: the method's)",
+        'target_ema_rate': "EMA rate of the target network in [0, 1) (None: 'cd' 0.95, 'ct' "
+                           "CT's schedule, 'ict' 0)",
+        'teacher_solver': "'cd': the teacher's ODE step 'euler' | 'heun' | 'dpm_solver' "
+                          "(None: 'heun')",
+        'sigma_min': 'smallest noise level, where the model is the identity (None: 0.002)',
+        'sigma_max': "largest noise level (None: the SDE's level sigma / alpha at T)",
+        'rho': 'exponent of the Karras levels (None: 7)',
+        'p_mean': "'lognormal' level sampling: mean of the log levels (None: -1.1)",
+        'p_std': "'lognormal' level sampling: std of the log levels (None: 2.0)",
+        'lpips_weights': "distance 'lpips': directory of the LPIPS files (lpips.py; None: "
+                         '$SCORE_SDE_LPIPS_WEIGHTS)',
     },
     'classifier': {
         'blocks_per_group': 'noise-conditional Wide-ResNet: residual blocks per group',

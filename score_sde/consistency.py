@@ -21,13 +21,16 @@ steps and level counts included, so the training step is one jitted program.
 """
 import dataclasses
 import math
+from typing import Optional, Union
 
 import jax.numpy as jnp
 from jax.nn import logsumexp
 from jax.scipy.special import erf
 
-from score_sde import edm
+from score_sde import config_checks, edm
 from score_sde.sde import expand_to
+
+SIGMA_MIN = 0.002  # both papers' smallest level
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,7 +39,7 @@ class ConsistencyParameterization:
   data's std (0.5 for images in [-1, 1]); log_embedding: the network takes sigma and embeds its
   logarithm itself (as in edm.EDMPreconditioning)."""
 
-  sigma_min: float = 0.002
+  sigma_min: float = SIGMA_MIN
   sigma_data: float = 0.5
   log_embedding: bool = False
 
@@ -66,6 +69,34 @@ class ConsistencyParameterization:
       return expand_to(c_skip, x) * x + expand_to(c_out, x) * output
 
     return f
+
+  def denoiser(self, network_fn):
+    """f as the denoiser the samplers read off a score (models.get_score_fn): the same
+    function as `consistency_fn`."""
+    return self.consistency_fn(network_fn)
+
+
+def sigma_min_of(config) -> float:
+  """config.consistency.sigma_min (absent or None: 0.002), checked positive."""
+  section = config.get('consistency')
+  if section is None or section.get('sigma_min') is None:
+    return SIGMA_MIN
+  return config_checks.positive_float(config, 'consistency.sigma_min')
+
+
+def preconditioning_from_config(
+    config) -> Optional[Union[edm.EDMPreconditioning, ConsistencyParameterization]]:
+  """What config.model.preconditioning makes of the network: EDM's denoiser ('edm'), a
+  consistency function ('consistency', at consistency.sigma_min and model.sigma_data) or None
+  (the official parameterisations); checked as edm.check_preconditioned_model."""
+  if config.model.get('preconditioning') is None:
+    return None
+  if edm.check_preconditioned_model(config) == 'edm':
+    return edm.from_config(config)
+  return ConsistencyParameterization(
+      sigma_min=sigma_min_of(config),
+      sigma_data=edm.field_or_default(config, 'model.sigma_data'),
+      log_embedding=edm.log_embedding(config))
 
 
 def karras_sigma(index, num_levels, sigma_min: float = 0.002, sigma_max: float = 80.0,

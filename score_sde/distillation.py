@@ -73,3 +73,41 @@ def consistency_loss(student, target, pair, sigma, sigma_next, distance, weight=
 def squared_l2(a, b):
   """|a - b|^2 per example, (B,): CM's L2 distance."""
   return jnp.sum(jnp.square(a - b).reshape(a.shape[0], -1), axis=-1)
+
+
+def level_of_time(sde, t):
+  """The EDM noise level sigma(t) / alpha(t) of the SDE's kernel at times t (B,)."""
+  mean, std = sde.marginal_prob(jnp.ones((jnp.shape(t)[0], 1)), t)
+  return std / mean[:, 0]
+
+
+def time_of_level(sde, sigma, iterations: int = 40):
+  """The time t in [0, T] whose EDM level sigma(t) / alpha(t) is `sigma` (B,): bisection on the
+  increasing log level, jittable (clipped to the ends outside the SDE's levels)."""
+  target = jnp.log(sigma)
+  low, high = jnp.zeros_like(sigma), jnp.full_like(sigma, sde.T)
+
+  def halve(_, bounds):
+    low, high = bounds
+    middle = 0.5 * (low + high)
+    below = jnp.log(level_of_time(sde, middle)) < target
+    return jnp.where(below, middle, low), jnp.where(below, high, middle)
+
+  low, high = jax.lax.fori_loop(0, iterations, halve, (low, high))
+  return 0.5 * (low + high)
+
+
+def score_denoiser(score_fn, sde):
+  """A denoiser D(x, sigma, **kwargs) in EDM units from a score_fn(x, t, **kwargs) of the SDE's
+  marginals (a trained run's or an analytic one): at the time t of level sigma, with x(t) =
+  alpha x, D = (x(t) + sigma(t)^2 s(x(t), t)) / alpha (Tweedie's formula; the inverse of
+  edm.denoiser_score_fn)."""
+
+  def denoise(x, sigma, **kwargs):
+    t = time_of_level(sde, sigma)
+    mean, std = sde.marginal_prob(jnp.ones((x.shape[0], 1)), t)
+    alpha, std = expand_to(mean[:, 0], x), expand_to(std, x)
+    x_t = alpha * x
+    return (x_t + std**2 * score_fn(x_t, t, **kwargs)) / alpha
+
+  return denoise

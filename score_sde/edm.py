@@ -35,7 +35,10 @@ from score_sde import config_checks
 from score_sde import sde as sde_lib
 from score_sde.sde import expand_to
 
-PRECONDITIONINGS = ('edm',)  # model.preconditioning; None: the official parameterisations
+# model.preconditioning; None: the official parameterisations. 'consistency' (a consistency
+# model's student, score_sde.consistency) is trained by the consistency methods, not these losses.
+PRECONDITIONINGS = ('edm', 'consistency')
+CONSISTENCY_METHODS = ('cd', 'ct', 'ict')
 # Networks that take a real noise level as their noise input (NCSN / NCSNv2 take sigma indices).
 EDM_MODELS = ('ddpm', 'mlp', 'ncsnpp')
 
@@ -104,7 +107,7 @@ FIELD_PARAMETERS = {'model.sigma_data': 'sigma_data', 'training.edm_p_mean': 'p_
                     'training.edm_p_std': 'p_std'}
 
 
-def _field_or_default(config, field: str) -> float:
+def field_or_default(config, field: str) -> float:
   """A real config field; absent or None: the EDMPreconditioning default (the paper's)."""
   section, name = field.split('.')
   value = config[section].get(name)
@@ -118,28 +121,44 @@ def _field_or_default(config, field: str) -> float:
   return float(value)
 
 
-def from_config(config) -> Optional[EDMPreconditioning]:
-  """The EDMPreconditioning that config.model.preconditioning asks for, or None (absent or None:
-  the official parameterisations of models.get_score_fn). ValueError, naming the field, for an
-  unknown preconditioning or one that cannot hold: discrete training, likelihood weighting,
-  model.scale_by_sigma (c_out scales the output already) or a model without a real-valued noise
-  input."""
-  name = config.model.get('preconditioning')
-  if name is None:
-    return None
-  config_checks.choice(config, 'model.preconditioning', PRECONDITIONINGS)
+def check_preconditioned_model(config) -> str:
+  """The name of config.model.preconditioning (one of PRECONDITIONINGS), after checking that the
+  model can hold it: ValueError, naming the field, for an unknown preconditioning, discrete
+  training, likelihood weighting, model.scale_by_sigma (c_out scales the output already) or a
+  model without a real-valued noise input."""
+  name = config_checks.choice(config, 'model.preconditioning', PRECONDITIONINGS)
   config_checks.choice(config, 'model.name', EDM_MODELS)
   if not config_checks.boolean(config, 'training.continuous'):
-    raise ValueError("Config field model.preconditioning = 'edm' trains on continuous noise "
+    raise ValueError(f"Config field model.preconditioning = {name!r} trains on continuous noise "
                      'levels and needs training.continuous = True.')
   if config.training.get('likelihood_weighting', False):
-    raise ValueError("Config field training.likelihood_weighting = True does not apply to "
-                     "model.preconditioning = 'edm', whose loss has its own weighting; set it "
-                     'to False.')
+    raise ValueError('Config field training.likelihood_weighting = True does not apply to '
+                     f'model.preconditioning = {name!r}, whose loss has its own weighting; set '
+                     'it to False.')
   if config.model.get('scale_by_sigma', False):
-    raise ValueError("Config field model.scale_by_sigma = True does not apply to "
-                     "model.preconditioning = 'edm' (c_out scales the output); set it to False.")
+    raise ValueError('Config field model.scale_by_sigma = True does not apply to '
+                     f'model.preconditioning = {name!r} (c_out scales the output); set it to '
+                     'False.')
+  return name
+
+
+def log_embedding(config) -> bool:
+  """Whether the network embeds the logarithm of its noise input itself ('fourier')."""
+  return config_checks.get(config, 'model.embedding_type') == 'fourier'
+
+
+def from_config(config) -> Optional[EDMPreconditioning]:
+  """The EDMPreconditioning that config.model.preconditioning asks for, or None (absent or None:
+  the official parameterisations of models.get_score_fn). ValueError as in
+  `check_preconditioned_model`, and for 'consistency', whose students these losses do not train
+  (training.method 'cd', 'ct' or 'ict' does)."""
+  if config.model.get('preconditioning') is None:
+    return None
+  if check_preconditioned_model(config) == 'consistency':
+    raise ValueError("Config field model.preconditioning = 'consistency' is a consistency "
+                     f'model, trained by training.method in {list(CONSISTENCY_METHODS)}, not by '
+                     "the score losses (training.method = 'score').")
   return EDMPreconditioning(
-      **{parameter: _field_or_default(config, field)
+      **{parameter: field_or_default(config, field)
          for field, parameter in FIELD_PARAMETERS.items()},
-      log_embedding=config_checks.get(config, 'model.embedding_type') == 'fourier')
+      log_embedding=log_embedding(config))

@@ -6,9 +6,10 @@ kernel):
 
   p_t = sum_k w_k N(m mu_k, m^2 Sigma_k + s^2 I).
 
-So log p_t, the exact score grad log p_t and the component posterior p_t(k | x) are available
-for every SDE and time. Plugged into the samplers, the ODE and the likelihood in place of a
-network, they give reference answers (the oracle tests) and make notebook experiments exact.
+So log p_t, the exact score grad log p_t, the component posterior p_t(k | x), the posterior mean
+E[x(0) | x(t)] and the flow's velocity (score_sde.flows) are available for every SDE and time.
+Plugged into the samplers, the ODE and the likelihood in place of a network, they give reference
+answers (the oracle tests) and make notebook experiments exact.
 
 Arrays: x has shape (B, ...) and is flattened to (B, d); t has shape (B,). Log-densities are
 in nats.
@@ -18,6 +19,9 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from score_sde import flows
+from score_sde.sde import expand_to
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -51,16 +55,20 @@ class GaussianMixture:
 
   def _kernel(self, sde, t):
     """Mean scale m(t) and std s(t) of the perturbation kernel, each shape (B,)."""
-    mean, std = sde.marginal_prob(jnp.ones((jnp.shape(t)[0], 1)), t)
-    return mean[:, 0], std
+    return flows.kernel(sde, t)
+
+  def _rotated(self, x, m, s):
+    """The eigenvalues m^2 lambda + s^2 of each component's covariance m^2 Sigma_k + s^2 I and
+    x - m mu_k in its eigenbasis, each (B, K, d), for kernel parameters m, s of shape (B,)."""
+    flat = x.reshape(x.shape[0], -1)
+    eigvals = m[:, None, None]**2 * self._eigvals + s[:, None, None]**2
+    centered = flat[:, None, :] - m[:, None, None] * self.means
+    return eigvals, jnp.einsum('bkd,kde->bke', centered, self._eigvecs)
 
   def _components(self, x, m, s):
     """Per-component log w_k + log N(x; m mu_k, m^2 Sigma_k + s^2 I), shape (B, K), and scores,
     shape (B, K, d), for kernel parameters m, s of shape (B,)."""
-    flat = x.reshape(x.shape[0], -1)
-    eigvals = m[:, None, None]**2 * self._eigvals + s[:, None, None]**2  # (B, K, d)
-    centered = flat[:, None, :] - m[:, None, None] * self.means  # (B, K, d)
-    rotated = jnp.einsum('bkd,kde->bke', centered, self._eigvecs)
+    eigvals, rotated = self._rotated(x, m, s)
     quad = jnp.sum(rotated**2 / eigvals, axis=-1)
     log_det = jnp.sum(jnp.log(eigvals), axis=-1)
     log_probs = jnp.log(self.weights) - 0.5 * (quad + log_det + self.dim * np.log(2 * np.pi))
@@ -79,6 +87,30 @@ class GaussianMixture:
     log_probs, scores = self._components(x, *self._kernel(sde, t))
     posterior = jax.nn.softmax(log_probs, axis=-1)
     return jnp.einsum('bk,bkd->bd', posterior, scores).reshape(x.shape)
+
+  def posterior_mean(self, x, t, sde):
+    """E[x(0) | x(t) = x], shape of x: the components' Gaussian posterior means
+    mu_k + m Sigma_k (m^2 Sigma_k + s^2 I)^{-1} (x - m mu_k) weighted by p_t(k | x); exact also at
+    m = 0 (the data mean)."""
+    m, s = self._kernel(sde, t)
+    eigvals, rotated = self._rotated(x, m, s)
+    shrunk = m[:, None, None] * self._eigvals * rotated / eigvals  # m Lambda (m^2 Lambda + s^2)^-1
+    means = self.means + jnp.einsum('kde,bke->bkd', self._eigvecs, shrunk)
+    posterior = jax.nn.softmax(self._components(x, m, s)[0], axis=-1)
+    return jnp.einsum('bk,bkd->bd', posterior, means).reshape(x.shape)
+
+  def velocity_fn(self, sde):
+    """The exact velocity v(x, t) = alpha' E[x(0) | x] + sigma' E[z | x] of the probability flow
+    of `sde` (score_sde.flows), E[z | x] = -sigma grad log p_t(x): exact at every t, also at t = T
+    of the rectified flow, where alpha = 0. Wrap it with flows.velocity_score_fn for the samplers
+    and the likelihood."""
+
+    def velocity(x, t):
+      (_, sigma), (d_alpha, d_sigma) = flows.kernel_derivatives(sde, t)
+      noise = -expand_to(sigma, x) * self.score(x, t, sde)
+      return expand_to(d_alpha, x) * self.posterior_mean(x, t, sde) + expand_to(d_sigma, x) * noise
+
+    return velocity
 
   def data_log_prob(self, x):
     """log p_0(x) of the mixture itself (no perturbation), shape (B,)."""

@@ -5,11 +5,13 @@ gives
 
   log p_eps(x(eps)) = log p_T(x(T)) + int_eps^T div f~(x(t), t) dt        (Eq. 39),
 
-with the prior in place of p_T. The ODE and the integral are solved together, one sample at a
-time (vmap), so a sample's value does not depend on the rest of its batch. The divergence is
-exact (the trace of the Jacobian: d forward-mode products, for small dimension) or Hutchinson's
-estimate E_v[v^T (d f~/dx) v] with `num_probes` Rademacher or Gaussian probes v, drawn once per
-sample and fixed for the whole solve (Grathwohl et al. 2019).
+with the prior in place of p_T (the rectified flow's p_T is the prior; its f~ is the velocity of
+its score function, exact at T, sampling.ode.probability_flow_drift). The ODE and the integral
+are solved together, one sample at a time (vmap), so a sample's value does not depend on the
+rest of its batch. The divergence is exact (the trace of the Jacobian: d forward-mode products,
+for small dimension) or Hutchinson's estimate E_v[v^T (d f~/dx) v] with `num_probes` Rademacher
+or Gaussian probes v, drawn once per sample and fixed for the whole solve (Grathwohl et al.
+2019).
 
 Bits per dimension of images (`get_bpd_fn`). Images x in [0, 1] on the 256-level grid are
 dequantized, u = (255 x + U) / 256 with U ~ Uniform[0, 1)^d, and scaled, y = a u + b (the data

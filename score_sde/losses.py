@@ -1,4 +1,4 @@
-"""Score-matching losses, the optimizer, and the train / eval step factories.
+"""Score-matching and flow-matching losses, the optimizer, and the train / eval step factories.
 
 The loss functions return per-example losses (B,); training minimises their batch mean.
 `reduce_mean` averages the squared error over data dimensions, otherwise it is summed and halved
@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import optax
 
 from score_sde import config_checks
-from score_sde import edm
+from score_sde import edm, flows
 from score_sde import models as models_lib
 from score_sde import sde as sde_lib
 
@@ -65,6 +65,27 @@ def continuous_dsm_loss(key, x0, score_fn, sde: sde_lib.SDE, *, reduce_mean: boo
   return losses
 
 
+def flow_matching_loss(key, x0, velocity_fn, sde: sde_lib.SDE, *, reduce_mean: bool,
+                       eps: float = 1e-5, class_labels: Optional[jax.Array] = None,
+                       z: Optional[jax.Array] = None) -> jax.Array:
+  """Conditional flow matching over t ~ U(eps, T) (Lipman et al. 2023, Eq. 9; Liu et al. 2023,
+  Eq. 1): |v(x(t), t) - u|^2 with x(t) = alpha x0 + sigma z and u = alpha' x0 + sigma' z
+  (flows.conditional_path; for the rectified flow u = z - x0). Its minimiser is the flow's
+  velocity E[u | x(t)], since E|v - u|^2 = E|v - E[u | x(t)]|^2 + const. On the VP SDE this is
+  flow matching's VP path.
+
+  z: the noise paired with x0 (B, ...), e.g. a reflow coupling (score_sde.reflow); None: drawn
+  from `key`, independent of x0. `velocity_fn(x, t, rng)` takes an rng for dropout, and
+  `class_labels=` (B, ...) when they are given. Returns the per-example losses (B,).
+  """
+  velocity_fn = _conditioned(velocity_fn, class_labels)
+  t_key, z_key, dropout_key = jax.random.split(key, 3)
+  t = jax.random.uniform(t_key, (x0.shape[0],), minval=eps, maxval=sde.T)
+  z = jax.random.normal(z_key, x0.shape) if z is None else z
+  point, target = flows.conditional_path(sde, x0, z, t)
+  return _reduce(jnp.square(velocity_fn(point, t, dropout_key) - target), reduce_mean)
+
+
 def smld_loss(key, x0, model_fn, vesde: sde_lib.VESDE, *, reduce_mean: bool,
               class_labels: Optional[jax.Array] = None) -> jax.Array:
   """NCSN's loss (Song & Ermon 2019): a noise level chosen uniformly among the N discrete sigmas,
@@ -113,13 +134,16 @@ def get_loss_fn(config, sde: sde_lib.SDE, model, train: bool, per_example: bool 
   the null label num_classes, the empty caption) with probability training.label_dropout, drawn
   from a key split off `key`. Unconditional models ignore class_labels. With
   model.preconditioning = 'edm' the loss is EDM's (edm.py), on noise levels drawn from
-  training.edm_p_mean / edm_p_std. Raises ValueError, before anything is compiled, for
-  combinations with no loss: discrete training of subVP, likelihood weighting with discrete
-  training or EDM, label dropout outside [0, 1) or without a conditional model.
+  training.edm_p_mean / edm_p_std; a velocity model (flows.is_velocity: model.parameterization
+  'velocity', or training.sde 'rectified_flow') trains on `flow_matching_loss`. Raises
+  ValueError, before anything is compiled, for combinations with no loss: discrete training of
+  subVP or of a velocity model, likelihood weighting with discrete training, EDM or velocity,
+  EDM with velocity, label dropout outside [0, 1) or without a conditional model.
   """
   reduce_mean = bool(config_checks.get(config, 'training.reduce_mean'))
   continuous = bool(config_checks.get(config, 'training.continuous'))
   likelihood_weighting = bool(config_checks.get(config, 'training.likelihood_weighting'))
+  velocity = flows.is_velocity(config)
   if not continuous and likelihood_weighting:
     raise ValueError('Config field training.likelihood_weighting = True needs '
                      'training.continuous = True; discrete SMLD/DDPM losses have no weighting.')
@@ -146,6 +170,10 @@ def get_loss_fn(config, sde: sde_lib.SDE, model, train: bool, per_example: bool 
       key, drop_key = jax.random.split(key)
       class_labels = drop_labels(drop_key, class_labels, dropout_rate, null)
     variables = {'params': params}
+    if velocity:
+      velocity_fn = models_lib.get_velocity_fn(sde, model, variables, train=train)
+      return flow_matching_loss(key, x0, velocity_fn, sde, reduce_mean=reduce_mean,
+                                class_labels=class_labels)
     if preconditioning is not None:
       model_fn = models_lib.get_model_fn(model, variables, train=train)
       key, dropout_key = jax.random.split(key)

@@ -4,6 +4,8 @@
   'score'        a score model of the zoo on data, or on the latents of an autoencoder
                  (latent_runs.py), with the losses of losses.py / edm.py (the default)
   'autoencoder'  the KL autoencoder of latent diffusion (autoencoder_training.py)
+  'cd'           consistency distillation of the score run training.teacher (consistency_runs.py)
+  'ct', 'ict'    consistency training from data alone, the original and the improved recipe
 
 A `Method` is what the drivers need of one: the initial state, a host-side map from a
 dataset batch to the arrays its steps take, the jittable steps, an evaluation loss, a snapshot
@@ -16,11 +18,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from score_sde import autoencoder_eval, autoencoder_losses, autoencoder_training, config_checks
-from score_sde import datasets, latent_runs, losses, sampling, score_eval
+from score_sde import autoencoder_eval, autoencoder_losses, autoencoder_training, checkpoints
+from score_sde import config_checks, consistency_runs, datasets, distillation, latent_runs, losses
+from score_sde import sampling, score_eval
 from score_sde import conditions as conditions_lib
 from score_sde import models as models_lib
 from score_sde import sde as sde_lib
+from score_sde import workdir as workdir_lib
 from score_sde.registry import Registry
 
 _METHODS = Registry('training method')
@@ -237,3 +241,119 @@ def autoencoder_method(config, sample_sharding=None) -> Method:
   return Method(initial_state=state, batch_arrays=batch_arrays, train_steps=train_steps,
                 eval_losses=eval_losses, snapshot=snapshot, data_shape=image_shape,
                 evaluator=evaluator, draw_samples=None)
+
+
+def checkpoint_template(config, experiment: Experiment):
+  """The state a checkpoint of the run of `config` holds (for restoring it): the experiment's
+  TrainState, with a target network for the consistency methods."""
+  if method_name(config) in consistency_runs.METHODS:
+    return consistency_runs.consistency_state(experiment.initial_state)
+  return experiment.initial_state
+
+
+@dataclasses.dataclass(frozen=True)
+class Teacher:
+  """A finished score run as a teacher: its SDE, the EDM levels it covers (at t = 0 and T) and
+  its EMA model's denoiser D(x, sigma, class_labels=None) in EDM units."""
+
+  sde: sde_lib.SDE
+  levels: tuple
+  denoiser: Callable
+
+
+def load_teacher(config, student: Experiment) -> Teacher:
+  """The teacher of a CD run: the newest checkpoint of the score run in training.teacher (a
+  workdir), checked to be a continuous pixel-space run on the student's data shape with the
+  student's conditioning. ValueError / FileNotFoundError naming the field otherwise."""
+  path = config.training.get('teacher')
+  if not isinstance(path, str) or not path:
+    raise ValueError(f"training.method = 'cd' distils a trained score run: set training.teacher "
+                     f'to its workdir (got {path!r}).')
+  teacher_config = workdir_lib.read_config(path)
+  problem = None
+  if method_name(teacher_config) != 'score':
+    problem = f'it trains {method_name(teacher_config)!r}, not a score model'
+  elif latent_runs.is_latent_run(teacher_config):
+    problem = 'it is a latent run (distil a pixel-space run)'
+  elif not teacher_config.training.continuous:
+    problem = 'it was trained with training.continuous = False (distil a continuous run)'
+  elif models_lib.num_data_classes(teacher_config) != models_lib.num_data_classes(config):
+    problem = (f'its model.num_classes = {models_lib.num_data_classes(teacher_config)} differs '
+               f"from the student's {models_lib.num_data_classes(config)}")
+  if problem is None:
+    experiment = build_experiment(teacher_config)
+    if tuple(experiment.data_shape) != tuple(student.data_shape):
+      problem = (f'its data shape {tuple(experiment.data_shape)} differs from the student\'s '
+                 f'{tuple(student.data_shape)}')
+  if problem is not None:
+    raise ValueError(f'Config field training.teacher = {path!r} cannot teach this run: '
+                     f'{problem}.')
+  restored = checkpoints.restore_newest(path, experiment.initial_state)
+  if restored is None:
+    raise FileNotFoundError(f'training.teacher = {path!r} has no checkpoint; train it first.')
+  score_fn = models_lib.get_score_fn(experiment.sde, experiment.model,
+                                     {'params': restored[0].params_ema}, continuous=True)
+  return Teacher(experiment.sde, consistency_runs.levels_of_sde(experiment.sde),
+                 distillation.score_denoiser(score_fn, experiment.sde))
+
+
+def consistency_method(config, sample_sharding=None) -> Method:
+  """A consistency model (model.preconditioning = 'consistency') distilled from
+  training.teacher ('cd') or trained from data ('ct', 'ict'); see consistency_runs."""
+  name = method_name(config)
+  if latent_runs.is_latent_run(config):
+    raise ValueError(f'training.method = {name!r} trains in pixel space; set latent.autoencoder '
+                     'to None.')
+  if name != 'cd' and config.training.get('teacher') is not None:
+    raise ValueError(f'Config field training.teacher = {config.training.teacher!r} is for '
+                     f"training.method = 'cd'; {name!r} trains from data alone (set it to None).")
+  conds = conditions_lib.get_conditions(config)
+  batch_arrays = score_batch_arrays(config, conds)
+  experiment = build_experiment(config)
+  recipe = consistency_runs.recipe_from_config(
+      config, name, consistency_runs.levels_of_sde(experiment.sde)[1])
+  teacher = None
+  if name == 'cd':
+    teacher = load_teacher(config, experiment)
+    consistency_runs.check_teacher_levels(recipe, *teacher.levels)
+    teacher = teacher.denoiser
+  distance = consistency_runs.get_distance(config, recipe)
+  null = None if conds is None else conds.null
+  steps = consistency_runs.get_train_step(
+      recipe, experiment.model, experiment.optimizer,
+      config_checks.unit_interval(config, 'model.ema_rate'), distance, teacher,
+      losses.label_dropout(config), null)
+  example_losses = consistency_runs.get_eval_losses(recipe, experiment.model, distance, teacher)
+  draw = None
+  if bool(config_checks.get(config, 'training.snapshot_sampling')):
+    draw = sampling.get_model_sampler(
+        config, experiment.sde, experiment.model,
+        (config_checks.get(config, 'training.batch_size'), *experiment.data_shape),
+        sharding=sample_sharding, null_condition=null)
+  inverse_scaler = datasets.get_data_inverse_scaler(config)
+
+  def train_steps(state, batches):
+    return steps(state, batches['x'], batches.get('labels'))
+
+  def eval_losses(state, key, arrays):
+    return example_losses(state, key, arrays['x'], arrays.get('labels'))
+
+  def snapshot(state, key, arrays):
+    return inverse_scaler(draw({'params': state.params_ema}, key)[0])
+
+  def evaluator(mesh):
+    return score_eval.ScoreEvaluator(config, mesh, batch_arrays, eval_losses, experiment, None,
+                                     conds)
+
+  def draw_samples(mesh, state, out):
+    return score_eval.draw_samples(config, mesh, experiment, None, conds, state, out)
+
+  return Method(initial_state=consistency_runs.consistency_state(experiment.initial_state),
+                batch_arrays=batch_arrays, train_steps=train_steps, eval_losses=eval_losses,
+                snapshot=snapshot if draw is not None else None,
+                data_shape=experiment.data_shape, evaluator=evaluator,
+                draw_samples=draw_samples)
+
+
+for _name in consistency_runs.METHODS:
+  register_method(consistency_method, name=_name)

@@ -1,4 +1,5 @@
-"""Forward SDEs of Song et al. (2021), their discretizations and their reverse-time processes.
+"""Forward SDEs of Song et al. (2021), their discretizations and their reverse-time processes,
+and the rectified-flow path (Liu et al. 2023) as an SDE with the same marginals.
 
 Every SDE here has the form dx = f(x, t) dt + g(t) dw on t in [0, T] (paper, Eq. 5). Methods are
 pure jnp functions of a batch: `x` has shape (B, ...) and `t` has shape (B,). Per-sample scalars
@@ -69,7 +70,8 @@ class SDE(abc.ABC):
     returns a_i and G_i, each shape (B,)."""
 
   def discretize(self, x, t):
-    """One forward step x_i = x_{i-1} + f_i + G_i z ending at time t: f_i = (a_i - 1) x, G_i (B,)."""
+    """One forward step x_i = x_{i-1} + f_i + G_i z ending at time t: f_i = (a_i - 1) x, and
+    G_i (B,)."""
     a, G = self.transition(t)
     return expand_to(a - 1.0, x) * x, G
 
@@ -100,7 +102,8 @@ class SDE(abc.ABC):
 
 @dataclasses.dataclass(frozen=True)
 class ReverseSDE:
-  """dx = [f(x, t) - c g(t)^2 score(x, t)] dt + g(t) dw_bar, with c = 1 (SDE) or 1/2 (ODE, no noise).
+  """dx = [f(x, t) - c g(t)^2 score(x, t)] dt + g(t) dw_bar, with c = 1 (SDE) or 1/2 (ODE, no
+  noise).
 
   Time runs backwards: a step from t to t - dt subtracts the drift times dt.
   """
@@ -376,21 +379,78 @@ class VESDE(SDE):
     return jnp.ones_like(sigma), jnp.sqrt(sigma**2 - previous**2)
 
 
-SDES = {'vpsde': VPSDE, 'subvpsde': subVPSDE, 'vesde': VESDE}
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RectifiedFlow(SDE):
+  """The linear path of rectified flow (Liu et al. 2023, Eq. 1), which is also flow matching's
+  optimal-transport path with sigma_min = 0 (Lipman et al. 2023, Sec. 4.1, there in reversed
+  time): x(t) = (1 - t) x(0) + t z on t in [0, T = 1]. The kernel has mean scale alpha = 1 - t and
+  std sigma = t, and the prior N(0, I) is p_T exactly.
+
+  The SDE with these marginals has f = (d log alpha / dt) x = -x / (1 - t) and g^2 = d sigma^2/dt
+  - 2 f sigma^2 = 2 t / (1 - t) (the moment equations of a linear SDE, d alpha / dt = f alpha and
+  d sigma^2 / dt = 2 f sigma^2 + g^2), so its reverse SDE and probability-flow ODE (Eq. 6, 13)
+  hold for t < T. Both blow up at T, where alpha = 0 and the score -x carries no information: a
+  velocity model (score_sde.flows) gives the ODE's drift directly, exact at T as well, and the
+  ODE sampler and the likelihood use it. The reverse-SDE samplers ('pc') and the grid samplers
+  (whose data estimate divides by alpha(T) = 0) do not run from T.
+  """
+
+  N: int = 1000
+
+  def sde(self, x, t):
+    """Drift -x / (1 - t) (B, ...) and diffusion sqrt(2 t / (1 - t)) (B,); infinite at t = T."""
+    return -x / expand_to(1.0 - t, x), jnp.sqrt(2.0 * t / (1.0 - t))
+
+  def marginal_prob(self, x, t):
+    return expand_to(1.0 - t, x) * x, t
+
+  def prior_sampling(self, key, shape):
+    return jax.random.normal(key, shape)
+
+  def prior_logp(self, z):
+    return _standard_normal_logp(z, 1.0)
+
+  def step_start(self, t):
+    """Start s = max(t - T/N, 0) of the discrete step that ends at t."""
+    return _array_module(t).maximum(t - self.T / self.N, 0.0)
+
+  def _step(self, t):
+    """a = alpha(t) / alpha(s) and G^2 = sigma(t)^2 - a^2 sigma(s)^2 of the step [s, t]."""
+    s = self.step_start(t)
+    a = (1.0 - t) / (1.0 - s)
+    return a, _array_module(t).maximum(t**2 - a**2 * s**2, 0.0)
+
+  @functools.cached_property
+  def alphas(self) -> np.ndarray:
+    """Squared mean scale a_i^2 of each step, at t_i = i T / (N - 1) (0 for the step to T)."""
+    return self._step(np.linspace(0.0, self.T, self.N))[0]**2
+
+  def transition(self, t):
+    """Exact Gaussian transition x(t) = a x(s) + G z over the step [s, t], s = max(t - T/N, 0):
+    a = (1 - t) / (1 - s), G^2 = t^2 - a^2 s^2; each (B,). The chain's marginals equal the
+    kernel's at every step; the step to T forgets x(s) (a = 0, G = 1)."""
+    a, variance = self._step(t)
+    return a, jnp.sqrt(variance)
+
+
+SDES = {'vpsde': VPSDE, 'subvpsde': subVPSDE, 'vesde': VESDE, 'rectified_flow': RectifiedFlow}
 
 
 def get_sde(config) -> SDE:
   """Builds the SDE named by `config.training.sde` from the `config.model` noise parameters
-  (model.beta_schedule: VP / sub-VP only; None means 'linear')."""
+  (model.beta_schedule: VP / sub-VP only; None means 'linear'); 'rectified_flow' reads only
+  model.num_scales."""
   name = config_checks.choice(config, 'training.sde', SDES)
   num_scales = config_checks.positive_int(config, 'model.num_scales')
   schedule = config.model.get('beta_schedule')
   if schedule is not None:
     config_checks.choice(config, 'model.beta_schedule', BETA_SCHEDULES)
-  if name == 'vesde':
-    if schedule is not None:
+    if name not in ('vpsde', 'subvpsde'):
       raise ValueError(f'Config field model.beta_schedule = {schedule!r} is for the VP and sub-VP '
-                       "SDEs; with training.sde = 'vesde' set it to None.")
+                       f'SDEs; with training.sde = {name!r} set it to None.')
+  if name == 'rectified_flow':
+    return RectifiedFlow(N=num_scales)
+  if name == 'vesde':
     return VESDE(sigma_min=config_checks.positive_float(config, 'model.sigma_min'),
                  sigma_max=config_checks.positive_float(config, 'model.sigma_max'), N=num_scales)
   return SDES[name](beta_min=config_checks.positive_float(config, 'model.beta_min'),

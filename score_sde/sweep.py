@@ -40,9 +40,10 @@ def grid(**axes) -> list:
 def build_sampler(sde, method: str, *, continuous: bool = True, eps: float = 1e-3,
                   steps=None, nfe=None, **options):
   """A sampler from keywords. 'pc': steps (N; default the SDE's), predictor, corrector, snr,
-  n_steps_each, ...; 'ode': rtol, atol, solver; 'ddim' | 'dpm_solver' | 'edm': steps or nfe and
-  their options (eta, variant, schedule, rho, s_churn, ...); 'ddim_diffusers': steps and its
-  options (eta, timestep_spacing, ...), continuous=False; 'consistency': levels, sigma_min.
+  n_steps_each, ...; 'ode': solver, rtol, atol (or steps for 'euler' / 'heun'), noise_removal;
+  'ddim' | 'dpm_solver' | 'edm': steps or nfe and their options (eta, variant, schedule, rho,
+  s_churn, ...); 'ddim_diffusers': steps and its options (eta, timestep_spacing, ...),
+  continuous=False; 'consistency': levels, sigma_min.
   Unknown options raise TypeError."""
   if method == 'pc':
     if nfe is not None:
@@ -51,9 +52,13 @@ def build_sampler(sde, method: str, *, continuous: bool = True, eps: float = 1e-
       sde = dataclasses.replace(sde, N=steps)
     return sampling.get_pc_sampler(sde, eps=eps, **options)
   if method == 'ode':
-    if steps is not None or nfe is not None:
-      raise ValueError("method 'ode' is adaptive: set rtol / atol, not steps or nfe.")
     solver_fields = {k: options.pop(k) for k in ('solver', 'rtol', 'atol') if k in options}
+    fixed = solver_fields.get('solver') in ('euler', 'heun')
+    if nfe is not None or (steps is not None and not fixed):
+      raise ValueError("method 'ode' takes steps only with solver 'euler' or 'heun' (their "
+                       'equal steps); the adaptive solvers take rtol / atol, not steps or nfe.')
+    if steps is not None:
+      solver_fields['num_steps'] = steps
     return sampling.get_ode_sampler(sde, ode_lib.ODESolver(**solver_fields), eps=eps,
                                     continuous=continuous, **options)
   if method == 'ddim_diffusers':  # diffusers' timesteps end where they end: no eps

@@ -13,8 +13,6 @@ the EMA weights of its newest checkpoint, kept or preemption, as the samplers of
 Nothing in the workdir is written or moved.
 """
 import dataclasses
-import json
-import os
 from typing import Callable, Optional
 
 import jax.numpy as jnp
@@ -22,8 +20,10 @@ import ml_collections
 
 from score_sde import checkpoints, datasets, latent_runs, methods
 from score_sde import conditions as conditions_lib
+from score_sde import flows
 from score_sde import models as models_lib
 from score_sde import sde as sde_lib
+from score_sde import workdir as workdir_lib
 from score_sde.sampling import guidance
 
 
@@ -55,13 +55,12 @@ class TrainedRun:
                                    continuous=self.continuous)
 
   def score_fn(self, class_labels=None) -> Callable:
-    """score_fn(x, t) of the EMA model; class_labels (B, ...) condition a conditional model
-    (class labels, or `conditions.encode(captions)`; None: its unconditional score)."""
-    score = self._model_score()
-    if class_labels is None:
-      return lambda x, t: score(x, t)
-    labels = jnp.asarray(class_labels)
-    return lambda x, t: score(x, t, class_labels=labels)
+    """score_fn(x, t) of the EMA model (a velocity model's carries its velocity, flows);
+    class_labels (B, ...) condition a conditional model (class labels, or
+    `conditions.encode(captions)`; None: its unconditional score)."""
+    labels = None if class_labels is None else jnp.asarray(class_labels)
+    return flows.transformed(self._model_score(),
+                             lambda fn: lambda x, t: fn(x, t, class_labels=labels))
 
   def guided_score(self, class_labels) -> Callable:
     """guidance_scale -> score_fn(x, t) with classifier-free guidance towards the conditions
@@ -81,22 +80,13 @@ class TrainedRun:
     return datasets.get_data_inverse_scaler(self.config)(samples)
 
 
-def read_config(workdir: str) -> ml_collections.ConfigDict:
-  """workdir/config.json as a ConfigDict; FileNotFoundError if the workdir has none."""
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path):
-    raise FileNotFoundError(f'{path} does not exist: {workdir} is not the workdir of a run.')
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
-
-
 def load(workdir: str, config: Optional[ml_collections.ConfigDict] = None) -> TrainedRun:
   """The newest checkpoint of the run in `workdir` (its EMA parameters), with the run's config
   (or `config`, e.g. with other sampling fields). FileNotFoundError if it has no checkpoint."""
-  config = read_config(workdir) if config is None else config
+  config = workdir_lib.read_config(workdir) if config is None else config
   space = latent_runs.load_latent_space(config) if latent_runs.is_latent_run(config) else None
   experiment = methods.build_experiment(config, None if space is None else space.latent_shape)
-  restored = checkpoints.restore_newest(workdir, experiment.initial_state)
+  restored = checkpoints.restore_newest(workdir, methods.checkpoint_template(config, experiment))
   if restored is None:
     raise FileNotFoundError(f'No checkpoint in {workdir}; train first with --mode train.')
   state, step = restored

@@ -93,3 +93,12 @@ def fresh_directory(path: str) -> str:
     except FileExistsError:
       n += 1
       candidate = f'{path}_{n}'
+
+
+def read_config(workdir: str) -> ml_collections.ConfigDict:
+  """workdir/config.json as a ConfigDict; FileNotFoundError if the workdir has none."""
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'{path} does not exist: {workdir} is not the workdir of a run.')
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))

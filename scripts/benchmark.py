@@ -5,6 +5,7 @@
   python scripts/benchmark.py samplers [--repeats 3] [--batch 10000]
   python scripts/benchmark.py stable_diffusion [--repeats 3] [--steps 50] [--batches 1,8]
   python scripts/benchmark.py latent [--repeats 3] [--steps 20] [--batch 64]
+  python scripts/benchmark.py fewstep [--batch 20000] [--digits-teacher W --digits-cd W ...]
 
 likelihood: bits/dim of a batch of images (size x size x 3) under a small untrained network,
 through the probability-flow ODE with a Hutchinson (Rademacher) divergence, rtol = atol = 1e-5:
@@ -50,6 +51,17 @@ encoded inside the step by the demo's autoencoder (configs/latent/pairs_autoenco
 weights: the speed does not depend on them), beside the same U-Net on the 16 x 16 x 1 pixels
 (the same blocks, the same parameter count but for the in and out convolutions); jitted single
 steps of `batch` images, the median over `repeats` runs of `steps` steps, compile excluded.
+
+fewstep: one- and few-step generation on the 2-D Gaussian-mixture oracle (example_mixture) with
+its exact score on the VP SDE as the teacher: the sliced-W1 error (32 directions) of `batch`
+samples, every method from the same prior draws, of DPM-Solver++ 3M at 2-20 NFE, of a CD
+student (configs/fewstep/toy_cd.py, the exact teacher's Heun steps) at 1, 2 and 4 steps, an iCT
+student (toy_ict.py, the mixture's exact samples as data) at 1 and 2 steps, and of a reflowed
+rectified flow (pairs from the exact flow's ODE) at 1 and 2 Euler steps, beside the exact-sample
+floor (5 draws). The levels of the multistep samplers are chosen greedily from a grid on other
+prior draws (as CM's ternary search). With --digits-teacher and the workdirs of CD / iCT
+students of it: FD-digits and accuracy of 1- and 2-step student samples beside the teacher's
+DPM-Solver++ at 10 and 20 NFE.
 """
 import argparse
 import importlib
@@ -485,11 +497,153 @@ def benchmark_latent(repeats: int, steps: int, batch: int) -> dict:
           'latent_over_pixel': latent_rate / pixel_rate}
 
 
+FEWSTEP_NFES = (2, 3, 4, 5, 6, 8, 10, 12, 15, 20)
+LEVEL_GRID = (0.05, 0.1, 0.2, 0.4, 0.8, 1.5, 3.0, 6.0)  # EDM levels tried for multistep samplers
+
+
+def _greedy_levels(error_of_levels, num_steps: int) -> tuple:
+  """Levels for a num_steps consistency sampler, added one at a time: each the LEVEL_GRID value
+  (below the last) that gives the smallest error_of_levels(levels)."""
+  levels = ()
+  for _ in range(num_steps - 1):
+    candidates = [levels + (level,) for level in LEVEL_GRID if not levels or level < levels[-1]]
+    levels = min(candidates, key=error_of_levels)
+  return levels
+
+
+def _student_rows(student_score, sde, shape, key, tuning_key, quality, steps, error_name):
+  """sweep rows of a consistency student at each step count of `steps` (levels chosen on
+  tuning_key's prior draws)."""
+
+  def error_of(levels, draw_key=tuning_key):
+    point = {'method': 'consistency', 'levels': tuple(levels)}
+    return sweep.run([point], sde, student_score, shape, key=draw_key, quality=quality,
+                     repeats=1)[0]
+
+  rows = {}
+  for count in steps:
+    levels = _greedy_levels(lambda lv: error_of(lv)[error_name], count)
+    rows[f'{count} step{"s" if count > 1 else ""}'] = error_of(levels, key)
+  return rows
+
+
+def _oracle_students(gmm, shape, key, tuning_key, quality) -> dict:
+  """CD (1, 2, 4 steps) and iCT (1, 2 steps) students of the exact VP teacher."""
+  from configs.fewstep import toy_cd, toy_ict
+  from score_sde import oracle_students
+  rows = {}
+  for name, module, steps in (('cd', toy_cd, (1, 2, 4)), ('ict', toy_ict, (1, 2))):
+    config = module.get_config()
+    config.training.update(batch_size=512, n_iters=FEWSTEP_STUDENT_STEPS[name])
+    config.consistency.update(FEWSTEP_STUDENT_RECIPES[name])
+    start = time.perf_counter()
+    student = oracle_students.train(config, gmm, key=jax.random.PRNGKey(1))
+    seconds = time.perf_counter() - start
+    rows[name] = _student_rows(student.score_fn(), student.experiment.sde, shape, key,
+                               tuning_key, quality, steps, 'sliced_w1')
+    rows[name]['training_seconds'] = seconds
+    print(name, rows[name], flush=True)
+  return rows
+
+
+FEWSTEP_STUDENT_STEPS = {'cd': 6000, 'ict': 6000, 'reflow': 6000}
+FEWSTEP_STUDENT_RECIPES = {'cd': {}, 'ict': {'curriculum_end': 40}}
+REFLOW_PAIRS = 50_000
+
+
+def _euler_rows(score_fn, sde, shape, key, quality, steps=(1, 2)) -> dict:
+  """sweep rows of the flow's ODE in `steps` equal Euler steps from T (no noise removal)."""
+  return {f'{count} euler step{"s" if count > 1 else ""}': sweep.run(
+      [{'method': 'ode', 'solver': 'euler', 'steps': count, 'noise_removal': False}], sde,
+      score_fn, shape, key=key, quality=quality, repeats=1)[0] for count in steps}
+
+
+def _oracle_reflow(gmm, shape, key, quality) -> dict:
+  """The mixture's exact rectified flow, the 2-rectified flow trained on pairs of its ODE, and
+  that flow distilled into one step (on pairs of its own ODE), at 1 and 2 Euler steps, with the
+  straightness of each on its pairs."""
+  from configs.toy import rectified_flow
+  from score_sde import flows, oracle_students, reflow
+  sde = sde_lib.RectifiedFlow(N=1000)
+  config = rectified_flow.get_config()
+  config.training.update(batch_size=512, n_iters=FEWSTEP_STUDENT_STEPS['reflow'])
+  pair_shape = (REFLOW_PAIRS, 2)
+  exact = flows.velocity_score_fn(gmm.velocity_fn(sde), sde)
+  rows = {}
+
+  def add(name, score_fn, pairs_key):
+    z, x0 = jax.jit(lambda k: reflow.reflow_pairs(k, score_fn, sde, pair_shape))(pairs_key)
+    value, error = reflow.straightness(jax.random.PRNGKey(9), z, x0, score_fn.velocity, sde)
+    rows[name] = {'straightness': float(value), 'straightness_se': float(error),
+                  **_euler_rows(score_fn, sde, shape, key, quality)}
+    print(name, rows[name], flush=True)
+    return z, x0
+
+  z, x0 = add('1-rectified (exact flow)', exact, jax.random.PRNGKey(3))
+  start = time.perf_counter()
+  reflowed = oracle_students.train_on_pairs(config, z, x0, key=jax.random.PRNGKey(4))
+  z2, x02 = add('2-rectified (reflow)', reflowed.score_fn(), jax.random.PRNGKey(5))
+  rows['2-rectified (reflow)']['training_seconds'] = time.perf_counter() - start
+  distilled = oracle_students.train_on_pairs(config, z2, x02, key=jax.random.PRNGKey(6),
+                                             distill=True)
+  rows['2-rectified, distilled'] = _euler_rows(distilled.score_fn(), sde, shape, key, quality,
+                                               (1,))
+  print('distilled', rows['2-rectified, distilled'], flush=True)
+  return rows
+
+
+def benchmark_fewstep(batch: int, digits: dict) -> dict:
+  gmm = gaussian_mixture.example_mixture(2)
+  quality = sweep.known_density_quality(gmm, num_projections=32)
+  floors = [quality(np.asarray(gmm.sample(jax.random.PRNGKey(100 + i), batch)[0]))['sliced_w1']
+            for i in range(5)]
+  result = {'exact_sample_floor': {'mean': float(np.mean(floors)),
+                                   'sd': float(np.std(floors, ddof=1))}}
+  sde, shape = sde_lib.VPSDE(), (batch, 2)
+  key, tuning_key = jax.random.PRNGKey(0), jax.random.PRNGKey(7)
+  score_fn = gmm.score_fn(sde)
+  result['dpm_solver_3m'] = {
+      nfe: sweep.run([{'method': 'dpm_solver', 'variant': '3M', 'nfe': nfe, 'eps': 1e-3}], sde,
+                     score_fn, shape, key=key, quality=quality, repeats=1)[0]['sliced_w1']
+      for nfe in FEWSTEP_NFES}
+  print('dpm-solver++ 3M', result['dpm_solver_3m'], flush=True)
+  result.update(_oracle_students(gmm, shape, key, tuning_key, quality))
+  result['reflow'] = _oracle_reflow(gmm, shape, key, quality)
+  if digits.get('teacher'):
+    result['digits'] = _digits_fewstep(digits)
+  return result
+
+
+def _digits_fewstep(workdirs: dict, num_samples: int = 1000) -> dict:
+  """FD-digits (and accuracy, for class-conditional runs) of the digits teacher's DPM-Solver++
+  at 10 and 20 NFE and of its consistency students at 1 and 2 steps."""
+  from score_sde import trained
+  teacher = trained.load(workdirs['teacher'])
+  quality_of = sweep.digits_quality(8, teacher.num_classes)
+  shape = (num_samples, *teacher.data_shape)
+  key, tuning_key = jax.random.PRNGKey(0), jax.random.PRNGKey(7)
+
+  def quality_for(run):
+    return lambda samples: quality_of(np.asarray(run.to_data(samples)))
+
+  rows = {f'teacher dpm-solver++ 2M, {nfe} NFE': sweep.run(
+      [{'method': 'dpm_solver', 'variant': '2M', 'nfe': nfe, 'eps': 1e-3}], teacher.sde,
+      teacher.score_fn(), shape, key=key, quality=quality_for(teacher), repeats=1)[0]
+      for nfe in (10, 20)}
+  for name in ('cd', 'ict'):
+    if workdirs.get(name):
+      run = trained.load(workdirs[name])
+      rows[name] = _student_rows(run.score_fn(), run.sde, shape, key, tuning_key,
+                                 quality_for(run), (1, 2), 'fd_digits')
+  print('digits', rows, flush=True)
+  return rows
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('benchmark', choices=['likelihood', 'train', 'samplers',
-                                            'stable_diffusion', 'latent'])
+                                            'stable_diffusion', 'latent', 'fewstep'])
   parser.add_argument('--repeats', type=int, default=3)
   parser.add_argument('--batch', type=int, default=None,
                       help='likelihood / train: 16; samplers: 100000; latent: 64')
@@ -498,10 +652,17 @@ def main():
                       help='train: steps per timed run (5); stable_diffusion: denoising steps '
                       '(50); latent: steps per timed run (20)')
   parser.add_argument('--batches', default='1,8', help='stable_diffusion on a GPU: batch sizes')
+  for name in ('teacher', 'cd', 'ict'):
+    parser.add_argument(f'--digits-{name}', default=None,
+                        help=f'fewstep: workdir of the digits {name} run')
   args = parser.parse_args()
   if args.benchmark == 'stable_diffusion':
     result = benchmark_stable_diffusion(args.repeats, args.steps or 50,
                                         [int(b) for b in args.batches.split(',')])
+  elif args.benchmark == 'fewstep':
+    result = benchmark_fewstep(args.batch or 20_000,
+                               {'teacher': args.digits_teacher, 'cd': args.digits_cd,
+                                'ict': args.digits_ict})
   elif args.benchmark == 'latent':
     result = benchmark_latent(args.repeats, args.steps or 20, args.batch or 64)
   elif args.benchmark == 'samplers':

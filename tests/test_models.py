@@ -125,3 +125,21 @@ def test_init_model_gives_module_inits_values_compiling_each_model_once():
   config.model.nf = 32
   models.init_model(jax.random.PRNGKey(7), config, (2,))
   assert len(init_once._compiled) == compiled + 1
+
+
+def test_a_fully_convolutional_model_initialises_at_any_input_size():
+  """jit drops the example input from the lowered init of a model whose parameters do not depend
+  on the input size; the compiled-init cache must still tell the sizes apart."""
+  from score_sde.models import init_once
+
+  class Convolution(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      return nn.Conv(3, (3, 3))(x)
+
+  key = jax.random.PRNGKey(0)
+  module = Convolution()
+  for size in (16, 8):
+    got = init_once.init_variables(module, key, jnp.zeros((1, size, size, 1)))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), got,
+                 dict(module.init(key, jnp.zeros((1, size, size, 1)))))

@@ -10,7 +10,7 @@ import nbformat
 NOTEBOOKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                          'notebooks')
 NAMES = ('quickstart', 'sampler_sweep', 'likelihood', 'controllable_generation',
-         'latent_diffusion')
+         'latent_diffusion', 'few_step')
 
 
 def read(name: str):
@@ -82,3 +82,19 @@ def test_controllable_generation(tmp_path):
   assert int(recovered.group(1)) >= 8
   hits = [float(h) for h in re.findall(r'requested class (\d+)%', text)]
   assert hits[0] < 30 and hits[1] > 90 and hits[2] >= hits[1], text
+
+
+def test_few_step(tmp_path, monkeypatch):
+  monkeypatch.setenv('SCORE_SDE_FEWSTEP_STEPS', '800')  # shorter students than its 3,000
+  # Measured at 800 steps: CD 0.103 against 1.33 for one Euler step and 0.43 for DPM-Solver++ at
+  # 4 NFE; straightness 2.03 -> 0.005 and one Euler step 2.00 -> 0.086 after reflow; digits 0.035.
+  text = executed_text('few_step', tmp_path)
+  euler = number_after(text, 'one Euler step of the teacher:')
+  cd = number_after(text, 'CD, 1 step:')
+  assert cd < 0.3 * euler and cd < number_after(text, 'DPM-Solver++ 3M, 4 NFE:'), text
+  exact_flow = number_after(text, '1-rectified (exact): straightness')
+  reflowed = number_after(text, '2-rectified (reflow): straightness')
+  assert reflowed < 0.5 * exact_flow, text
+  one_euler = re.findall(r'1 Euler: ([0-9.]+)', text)
+  assert float(one_euler[1]) < 0.5 * float(one_euler[0]), text
+  assert number_after(text, 'digits, CD one step:') < 0.1, text

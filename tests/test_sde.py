@@ -149,8 +149,8 @@ def test_get_sde_builds_each_sde_from_config():
 
 
 @pytest.mark.parametrize('field,value,message', [
-    ('training.sde', 'vp', r"training.sde = 'vp' is not supported; allowed: \['subvpsde', 'vesde', "
-                           r"'vpsde'\]"),
+    ('training.sde', 'vp', r"training.sde = 'vp' is not supported; allowed: \['rectified_flow', "
+                           r"'subvpsde', 'vesde', 'vpsde'\]"),
     ('model.num_scales', 0, 'model.num_scales = 0 must be a positive integer'),
     ('model.beta_max', -1.0, 'model.beta_max = -1.0 must be a positive number'),
 ])

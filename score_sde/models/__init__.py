@@ -12,6 +12,11 @@ checkpoints sample correctly here (`get_score_fn`):
   VE       continuous   sigma(t)                         output
   VE       discrete     N - 1 - i (int, sigmas descend)  output
 
+A velocity model (model.parameterization = 'velocity', every rectified-flow model) outputs the
+velocity of the flow (score_sde.flows) from the labels of the continuous rows above (999 t for
+the rectified flow); its score function is a flows.VelocityScore, which carries that
+velocity (`get_velocity_fn`).
+
 Class-conditional models (NCSN++, DDPM and MLP with model.num_classes, see models.conditioning)
 also take `class_labels` int (B,), the null label num_classes (or None) for an unconditional
 prediction; model and score functions pass them through. The cross-attention U-Net (ldm_unet)
@@ -21,7 +26,8 @@ takes its condition the same way: class labels, caption word ids (B, L) or text 
 A model with model.preconditioning = 'edm' is instead the network F of an EDM denoiser (Karras
 et al. 2022): its noise input is c_noise(sigma) (sigma itself for embedding_type 'fourier') with
 sigma = std(t) / mean-scale(t), whatever the SDE, and the score is that of the denoiser
-(score_sde.edm).
+(score_sde.edm); with 'consistency' it is a consistency model's network, and the denoiser its
+consistency function f (score_sde.consistency).
 """
 from typing import Callable, Optional
 
@@ -29,8 +35,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from score_sde import config_checks
+from score_sde import config_checks, consistency
 from score_sde import edm
+from score_sde import flows
 from score_sde import sde as sde_lib
 from score_sde.models import conditioning, init_once
 from score_sde.registry import Registry
@@ -107,14 +114,36 @@ def get_model_fn(model: nn.Module, variables, train: bool = False) -> Callable:
   return model_fn
 
 
+def get_velocity_fn(sde: sde_lib.SDE, model: nn.Module, variables,
+                    train: bool = False) -> Callable:
+  """velocity_fn(x, t, rng=None, class_labels=None) -> the output of a velocity model, v(x, t)
+  like x, for x (B, ...) and t (B,): the network given sigma(t) (VE) or 999 t (every other
+  process); rng and class_labels as in `get_model_fn`."""
+  model_fn = get_model_fn(model, variables, train=train)
+
+  def velocity_fn(x, t, rng=None, class_labels=None):
+    if isinstance(sde, sde_lib.VESDE):
+      labels = sde.marginal_prob(jnp.zeros_like(x), t)[1]
+    else:
+      labels = 999.0 * t
+    return model_fn(x, labels, rng, class_labels)
+
+  return velocity_fn
+
+
 def get_score_fn(sde: sde_lib.SDE, model: nn.Module, variables, train: bool = False,
                  continuous: bool = False) -> Callable:
   """score_fn(x, t, rng=None, class_labels=None) -> score estimate like x, for x (B, ...) and
   t (B,) in [0, T]; class_labels int (B,) as in `get_model_fn` (None: unconditional). An EDM
-  model (model.config.model.preconditioning) gives its denoiser's score, for either `continuous`."""
+  or consistency model (model.config.model.preconditioning) gives its denoiser's score, for
+  either `continuous`."""
   model_fn = get_model_fn(model, variables, train=train)
   config = getattr(model, 'config', None)
-  preconditioning = edm.from_config(config) if config is not None else None
+  if (flows.is_velocity(config) if config is not None else
+      isinstance(sde, sde_lib.RectifiedFlow)):
+    return flows.velocity_score_fn(get_velocity_fn(sde, model, variables, train=train), sde)
+  preconditioning = (consistency.preconditioning_from_config(config) if config is not None
+                     else None)
 
   if preconditioning is not None:
     denoiser_score = edm.denoiser_score_fn(preconditioning.denoiser(model_fn), sde)

@@ -13,8 +13,10 @@ import jax
 
 _INIT_COMPILER_OPTIONS = {'xla_backend_optimization_level': 0}
 
-# The compiled initialisations of this process, by the text of their lowered program: a model
-# built again (a run trained, then loaded for evaluation) is not compiled again.
+# The compiled initialisations of this process, by the text of their lowered program and the
+# shapes of their inputs (jit drops inputs the parameters do not depend on from the program, so
+# a fully convolutional model's text is the same at every image size): a model built again (a
+# run trained, then loaded for evaluation) is not compiled again.
 _compiled = {}
 
 
@@ -26,7 +28,8 @@ def init_variables(module, rngs, *inputs, **options) -> dict:
   if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves((rngs, inputs, options))):
     return dict(module.init(rngs, *inputs, **options))
   lowered = jax.jit(functools.partial(module.init, **options)).lower(rngs, *inputs)
-  program = lowered.as_text()
+  program = (lowered.as_text(),
+             tuple((leaf.shape, str(leaf.dtype)) for leaf in jax.tree.leaves((rngs, inputs))))
   if program not in _compiled:
     _compiled[program] = lowered.compile(compiler_options=_INIT_COMPILER_OPTIONS)
   return dict(_compiled[program](rngs, *inputs))

@@ -14,8 +14,9 @@ img2img). 'pc', 'ddim' and 'ddim_diffusers' also take project= (score_sde.contro
 import jax
 import jax.numpy as jnp
 
-from score_sde import config_checks
+from score_sde import config_checks, flows
 from score_sde import models as models_lib
+from score_sde import sde as sde_lib
 from score_sde.sampling import (consistency, correctors, ddim, ddim_diffusers, dpm_solver, edm,
                                 grid, guidance, ode)
 from score_sde.sampling.ode import ODESolver, get_flow_maps, get_ode_sampler
@@ -58,6 +59,11 @@ def get_sampler(config, sde, continuous: bool = True, t_start=None):
   steps). t_start (None: T): the time the runs start from, with `sample(..., x_start=...)`.
   """
   method = config_checks.choice(config, 'sampling.method', SAMPLING_METHODS)
+  if isinstance(sde, sde_lib.RectifiedFlow) and method != 'ode':
+    raise ValueError(f"Config field sampling.method = {method!r} does not sample training.sde = "
+                     "'rectified_flow', whose alpha(T) = 0 and infinite f, g^2 at T break the data "
+                     'estimate x0_hat = (x + sigma^2 s) / alpha of the grid samplers and the '
+                     "reverse SDE of 'pc'; use sampling.method = 'ode' (the flow's velocity).")
   if method == 'ddim_diffusers':
     return _ddim_diffusers_sampler(config, sde, continuous, t_start)
   if method == 'consistency':
@@ -217,7 +223,8 @@ def get_model_sampler(config, sde, model, shape, sharding=None, null_condition=N
           raise ValueError('A caption-conditioned model samples for given captions: pass their '
                            'conditions as class_labels (B, ...).')
         class_labels = (first_index + jnp.arange(shape[0])) % num_classes
-      class_score = lambda x, t, class_labels: score_fn(x, t, class_labels=class_labels)  # noqa
+      class_score = flows.transformed(
+          score_fn, lambda fn: lambda x, t, class_labels: fn(x, t, class_labels=class_labels))
       if one_at_a_time:
         def draw_one(index, label):
           guided = guidance.guided_score_fn(class_score, label, w, null)

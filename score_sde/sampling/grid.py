@@ -7,7 +7,8 @@ Every SDE here perturbs data as x(t) = alpha(t) x(0) + sigma(t) z (`SDE.marginal
 (lmc: `log_mean_coeff`). The fast samplers are written in these terms, with the log
 signal-to-noise ratio lambda(t) = log(alpha / sigma) (Lu et al. 2022, Sec. 2) and the denoiser
 x0_hat(x, t) = (x + sigma^2 s(x, t)) / alpha (Tweedie's formula), so one implementation serves
-every SDE. Coefficients are computed here in float64 numpy, once per sampler.
+every SDE. Coefficients are computed here in float64 numpy, once per sampler. The rectified flow
+(alpha = 1 - t) is refused: its alpha(T) = 0.
 
 A model trained on discrete steps (`continuous=False`: DDPM, SMLD) knows only its own noise
 levels: its grid nodes snap to its steps t_i = i T / (N - 1), with the chain's own alpha_i and
@@ -34,6 +35,11 @@ def alpha_sigma(sde, t):
     lmc = sde.log_mean_coeff(t)
     variance = -np.expm1(2.0 * lmc)
     return np.exp(lmc), (np.sqrt(variance) if isinstance(sde, sde_lib.VPSDE) else variance)
+  if isinstance(sde, sde_lib.RectifiedFlow):
+    raise ValueError("The grid samplers ('ddim', 'dpm_solver', 'edm', 'consistency') do not run "
+                     'on the rectified flow: their data estimate x0_hat = (x + sigma^2 s) / alpha '
+                     "divides by alpha(T) = 0. Use the probability-flow ODE, sampling.method = "
+                     "'ode'.")
   raise ValueError(f'No noise schedule for SDE {type(sde).__name__}; '
                    'supported: VPSDE, subVPSDE, VESDE.')
 

@@ -5,9 +5,12 @@ with its unconditional score (the null label) at guidance scale w,
 
 written so that w = 0 is exactly the unconditional and w = 1 exactly the conditional score
 (w > 1 sharpens towards the class). The result is a plain score_fn(x, t), so it works with every
-sampler and with the likelihood.
+sampler and with the likelihood; the score function of a velocity model (score_sde.flows) comes
+back one whose velocity is guided alike (the velocity is affine in the score).
 """
 import jax.numpy as jnp
+
+from score_sde import flows
 
 
 def combine(conditional, unconditional, guidance_scale):
@@ -40,14 +43,16 @@ def guided_score_fn(class_score_fn, class_labels, guidance_scale, null_label):
                        'ODE sampler and the likelihood see one sample at a time; pass one.')
     return jnp.broadcast_to(class_labels, (x.shape[0], *null.shape))
 
-  if guidance_scale is None:
-    return lambda x, t: class_score_fn(x, t, class_labels=labels_for(x))
+  def guide(fn):
+    if guidance_scale is None:
+      return lambda x, t: fn(x, t, class_labels=labels_for(x))
 
-  def score_fn(x, t):
-    labels = labels_for(x)
-    both = class_score_fn(jnp.concatenate([x, x]), jnp.concatenate([t, t]),
-                          class_labels=jnp.concatenate([labels, jnp.broadcast_to(null,
-                                                                                 labels.shape)]))
-    return combine(both[:x.shape[0]], both[x.shape[0]:], guidance_scale)
+    def guided(x, t):
+      labels = labels_for(x)
+      both = fn(jnp.concatenate([x, x]), jnp.concatenate([t, t]),
+                class_labels=jnp.concatenate([labels, jnp.broadcast_to(null, labels.shape)]))
+      return combine(both[:x.shape[0]], both[x.shape[0]:], guidance_scale)
 
-  return score_fn
+    return guided
+
+  return flows.transformed(class_score_fn, guide)

@@ -1,5 +1,7 @@
 """The probability-flow ODE (paper, Eq. 13), dx/dt = f(x, t) - g(t)^2 s(x, t) / 2, solved with
-diffrax inside one jitted program.
+diffrax inside one jitted program. A score function that carries a velocity (score_sde.flows)
+gives that drift directly: the rectified flow's ODE then runs from t = T, one Euler step being
+x(eps) = z - (T - eps) v(z, T).
 
 Each sample's ODE is solved on its own (`jax.vmap` over the batch): an adaptive solver picks its
 step sizes from that sample's error alone, so a sample's result never depends on its
@@ -74,7 +76,12 @@ class ODESolver:
 
 
 def probability_flow_drift(sde, score_fn):
-  """drift(x, t) for ONE sample x (...) and scalar t: f(x, t) - g(t)^2 s(x, t) / 2 (Eq. 13)."""
+  """drift(x, t) for ONE sample x (...) and scalar t: f(x, t) - g(t)^2 s(x, t) / 2 (Eq. 13), or
+  the velocity v(x, t) of a score function that carries one (score_sde.flows.VelocityScore),
+  which is that drift, exact also where f and g^2 are infinite (t = T of the rectified flow)."""
+  velocity = getattr(score_fn, 'velocity', None)
+  if velocity is not None:
+    return lambda x, t: velocity(x[None], jnp.reshape(t, (1,)))[0]
   reverse = sde.reverse(score_fn, probability_flow=True)
 
   def drift(x, t):
@@ -122,7 +129,9 @@ def get_ode_sampler(sde, solver: ODESolver = ODESolver(), *, noise_removal: bool
 
   Sample k starts from a prior draw with key fold_in(key, k) and is decoded through the
   probability-flow ODE from T to eps. With `noise_removal`, a last noise-free reverse-diffusion
-  step at eps denoises it (one more score evaluation), as in the PC sampler. `continuous`: see
+  step at eps denoises it (one more score evaluation), as in the PC sampler; it is kept for the
+  rectified flow, where for eps <= T/N it is the step from eps to 0, x - eps (1 - eps) v(x, eps):
+  Tweedie's E[x0 | x] = x - eps v up to O(eps^2). `continuous`: see
   `get_flow_maps`. t_start (None: T): the solve starts at t_start from x_start, the state there
   (None: the prior draws, only for t_start = T; see sampling.start).
   """
