@@ -129,12 +129,16 @@ class Recipe:
     return jnp.asarray(self.target_ema_rate, jnp.float32)
 
 
-def _field(config, name: str, method: str):
-  """consistency.<name>, or the method's default when the section or the field is absent."""
+def _given(config, name: str):
+  """consistency.<name>, or None when the section or the field is absent."""
   section = config.get('consistency')
-  if section is None or section.get(name) is None:
-    return DEFAULTS[method].get(name)
-  return section.get(name)
+  return None if section is None else section.get(name)
+
+
+def _field(config, name: str, method: str):
+  """consistency.<name>, or the method's default when it is not given."""
+  value = _given(config, name)
+  return DEFAULTS[method].get(name) if value is None else value
 
 
 def check_fields(config, method: str) -> None:
@@ -182,11 +186,6 @@ def recipe_from_config(config, method: str, start_level: float) -> Recipe:
                 distance=choose('distance', DISTANCES), weighting=choose('weighting', WEIGHTINGS),
                 target_ema_rate=rate, teacher_solver=solver,
                 p_mean=_checked_real(config, 'p_mean', -1.1), p_std=number('p_std', 2.0))
-
-
-def _given(config, name: str):
-  section = config.get('consistency')
-  return None if section is None else section.get(name)
 
 
 def _checked_choice(config, name: str, method: str, allowed) -> str:
